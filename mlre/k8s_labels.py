@@ -1,0 +1,43 @@
+"""Kubernetes node labels and taints shared by the Pulumi program and the Prefect GPU job template.
+
+This module is the single source of truth: `infra/` reads it to label and taint the node pools and
+`flows/deploy` reads it to render the GPU work pool's job template, so the two cannot drift apart.
+It must stay dependency-free (no third-party imports) because both sides import it.
+"""
+
+from __future__ import annotations
+
+# Label every node pool carries so workloads can select it.
+POOL_LABEL_KEY = "mlre.io/pool"
+CPU_POOL_LABEL_VALUE = "cpu"
+GPU_POOL_LABEL_VALUE = "gpu"
+
+# Extended resource advertised by the NVIDIA device plugin; also the taint key on GPU nodes.
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_TAINT_KEY = "nvidia.com/gpu"
+GPU_TAINT_VALUE = "present"
+GPU_TAINT_EFFECT = "NoSchedule"
+
+# Prefect work pools the flows deploy to.
+LOCAL_WORK_POOL = "local"
+CPU_WORK_POOL = "k8s-cpu"
+GPU_WORK_POOL = "k8s-gpu"
+
+# Kubernetes namespace and service account the flow jobs run under (IRSA-annotated in the cloud).
+FLOWS_NAMESPACE = "mlre-flows"
+FLOWS_SERVICE_ACCOUNT = "mlre-flows"
+
+
+def gpu_node_selector() -> dict[str, str]:
+    """nodeSelector that lands a pod on a GPU pool node."""
+    return {POOL_LABEL_KEY: GPU_POOL_LABEL_VALUE}
+
+
+def gpu_toleration() -> dict[str, str]:
+    """Toleration matching the taint every GPU pool node carries."""
+    return {
+        "key": GPU_TAINT_KEY,
+        "operator": "Equal",
+        "value": GPU_TAINT_VALUE,
+        "effect": GPU_TAINT_EFFECT,
+    }

@@ -1,0 +1,126 @@
+"""One typed settings object, read from `MLRE_*` environment variables once.
+
+Everything the platform writes at run time (databases, artifacts, the parquet lake, logs, PID files,
+Prefect's home, temp files) lives under `Settings.home`, a git-ignored folder (`.mlre/` by default).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+StoreProfile = Literal["local", "production"]
+
+
+class Settings(BaseSettings):
+    """Platform settings. Override any field with `MLRE_<FIELD>` (e.g. `MLRE_PREFECT_PORT=4300`)."""
+
+    model_config = SettingsConfigDict(env_prefix="MLRE_", extra="ignore")
+
+    home: Path = Field(PROJECT_ROOT / ".mlre", description="Folder holding all runtime state.")
+    feature_repo: Path = Field(PROJECT_ROOT / "feature_repo", description="Feast repository.")
+    store_profile: StoreProfile = Field("local", description="Feast store profile to use.")
+
+    host: str = Field("127.0.0.1", description="Interface local servers bind to.")
+    prefect_port: int = 4200
+    mlflow_port: int = 5000
+    health_timeout_s: float = Field(60.0, description="How long `mlre up` waits for health.")
+    stop_timeout_s: float = Field(15.0, description="SIGTERM grace period before SIGKILL.")
+
+    # Production profile endpoints (read by feature_store.production.yaml through env vars).
+    redis_connection_string: str = Field("", description="Feast Redis online store, host:port,...")
+    registry_uri: str = Field("", description="Feast SQL registry (postgresql+psycopg://...).")
+    offline_uri: str = Field("", description="Offline lake root (s3://bucket/prefix in the cloud).")
+
+    @property
+    def lake_dir(self) -> Path:
+        """Root of the local parquet lake (sources and prediction logs)."""
+        return self.home / "lake"
+
+    @property
+    def data_dir(self) -> Path:
+        """Feast registry and online store for the local profile."""
+        return self.home / "feast"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        """PID files of the background processes `mlre up` started."""
+        return self.home / "run"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.home / "tmp"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.home / "prefect"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.home / "mlflow"
+
+    @property
+    def prefect_api_url(self) -> str:
+        return f"http://{self.host}:{self.prefect_port}/api"
+
+    @property
+    def prefect_ui_url(self) -> str:
+        return f"http://{self.host}:{self.prefect_port}"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return f"http://{self.host}:{self.mlflow_port}"
+
+    def runtime_env(self) -> dict[str, str]:
+        """Environment every platform process needs: state under `home`, telemetry off."""
+        return {
+            "MLRE_HOME": str(self.home),
+            "PREFECT_HOME": str(self.prefect_home),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_EPHEMERAL_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+            "MLFLOW_ENABLE_TELEMETRY": "false",
+            "FEAST_USAGE": "False",
+            "TMPDIR": str(self.tmp_dir),
+            "MPLCONFIGDIR": str(self.home / "matplotlib"),
+            "XDG_RUNTIME_DIR": str(self.tmp_dir),
+            "XDG_CACHE_HOME": str(self.home / "cache"),
+        }
+
+    def client_env(self) -> dict[str, str]:
+        """`runtime_env` plus the URLs clients use to reach the local servers."""
+        return {
+            **self.runtime_env(),
+            "PREFECT_API_URL": self.prefect_api_url,
+            "MLFLOW_TRACKING_URI": self.mlflow_tracking_uri,
+        }
+
+    def ensure_dirs(self) -> None:
+        """Create the runtime folders (called by commands, never on import)."""
+        for path in (self.home, self.lake_dir, self.data_dir, self.logs_dir, self.run_dir,
+                     self.tmp_dir, self.prefect_home, self.mlflow_dir, self.home / "matplotlib"):
+            path.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings()
+
+
+def apply_runtime_env(settings: Settings, *, with_clients: bool = True) -> None:
+    """Export the runtime environment into this process (CLI entry points and test sessions)."""
+    settings.ensure_dirs()
+    env = settings.client_env() if with_clients else settings.runtime_env()
+    os.environ.update(env)
