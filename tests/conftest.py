@@ -1,0 +1,65 @@
+"""Session fixtures: a private platform home and real Redis / PostgreSQL servers the run owns."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mlre.settings import PROJECT_ROOT, apply_runtime_env, get_settings
+from tests.support.servers import (
+    PostgresServer,
+    RedisServer,
+    prune_stale_runs,
+    run_dir,
+    start_postgres,
+    start_redis,
+)
+
+TEST_HOME = PROJECT_ROOT / ".mlre" / "test-home"
+SERVERS_ROOT = PROJECT_ROOT / ".mlre" / "test-servers"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mlre_test_env() -> Iterator[Path]:
+    """Point the settings at `.mlre/test-home` and export its environment for the whole run."""
+    saved = dict(os.environ)
+    os.environ["MLRE_HOME"] = str(TEST_HOME)
+    get_settings.cache_clear()
+    apply_runtime_env(get_settings())
+    yield TEST_HOME
+    os.environ.clear()
+    os.environ.update(saved)
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def servers_root(mlre_test_env: Path) -> Iterator[Path]:
+    """Where this run's servers keep their data; leftovers of dead runs are stopped first."""
+    prune_stale_runs(SERVERS_ROOT)
+    yield SERVERS_ROOT
+    # Runs after the server fixtures' teardown (they depend on this one).
+    shutil.rmtree(run_dir(SERVERS_ROOT), ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server(servers_root: Path) -> Iterator[RedisServer]:
+    """A real redis-server on a free port (`connection_string`, `restart()`)."""
+    server = start_redis(servers_root)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(servers_root: Path) -> Iterator[PostgresServer]:
+    """A real PostgreSQL (`sqlalchemy_url` is `postgresql+psycopg://...`)."""
+    server = start_postgres(servers_root)
+    try:
+        yield server
+    finally:
+        server.stop()
