@@ -1,0 +1,124 @@
+"""Feast definitions for the card-fraud demo: one entity, two batch views, one request-time view.
+
+Source paths are rooted at MLRE_LAKE_URI (a local folder by default, s3://... in the cloud), the
+one environment value this file reads: Feast evaluates definitions on import, by design.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, RequestSource, ValueType
+from feast.on_demand_feature_view import on_demand_feature_view
+from feast.types import Float64, Int64, String
+
+LAKE_URI = os.environ.get("MLRE_LAKE_URI") or str(
+    Path(__file__).resolve().parent.parent / ".mlre" / "lake"
+)
+
+# A card holder; every behavioural aggregate is keyed by it.
+customer = Entity(
+    name="customer",
+    join_keys=["customer_id"],
+    value_type=ValueType.INT64,
+    description="A card holder (customer_id).",
+)
+
+# Daily behavioural aggregates, one row per customer per day, stamped at the end of the day.
+customer_daily_stats_source = FileSource(
+    name="customer_daily_stats_source",
+    path=f"{LAKE_URI}/sources/customer_daily_stats",
+    timestamp_field="event_timestamp",
+    created_timestamp_column="created",
+    description="Daily card-activity aggregates per customer (parquet, one file per day).",
+)
+
+# Hourly aggregates, sparse: a row only for hours in which the customer was active.
+customer_hourly_stats_source = FileSource(
+    name="customer_hourly_stats_source",
+    path=f"{LAKE_URI}/sources/customer_hourly_stats",
+    timestamp_field="event_timestamp",
+    created_timestamp_column="created",
+    description="Hourly card-activity aggregates per customer, active hours only.",
+)
+
+# What a customer's spending looked like yesterday; a value older than two days is treated as missing.
+customer_daily_stats_fv = FeatureView(
+    name="customer_daily_stats_fv",
+    entities=[customer],
+    ttl=timedelta(days=2),
+    schema=[
+        Field(name="txn_count_1d", dtype=Int64, description="Transactions in the day."),
+        Field(name="txn_amount_sum_1d", dtype=Float64, description="Total spend in the day."),
+        Field(name="txn_amount_avg_1d", dtype=Float64, description="Mean transaction amount."),
+        Field(name="txn_amount_max_1d", dtype=Float64, description="Largest transaction."),
+        Field(name="distinct_merchants_1d", dtype=Int64, description="Distinct merchants."),
+        Field(name="night_txn_share_1d", dtype=Float64, description="Share between 0h and 6h."),
+        Field(name="foreign_txn_share_1d", dtype=Float64, description="Share abroad."),
+        Field(name="avg_amount_30d", dtype=Float64, description="30-day mean amount."),
+        Field(name="chargeback_count_90d", dtype=Int64, description="Chargebacks in 90 days."),
+        Field(name="preferred_channel", dtype=String, description="Most used channel."),
+    ],
+    source=customer_daily_stats_source,
+    online=True,
+    tags={"team": "fraud", "cadence": "daily"},
+)
+
+# Activity in the last active hour; bursts of failed authorisations are a classic fraud signal.
+customer_hourly_stats_fv = FeatureView(
+    name="customer_hourly_stats_fv",
+    entities=[customer],
+    ttl=timedelta(days=1),
+    schema=[
+        Field(name="txn_count_1h", dtype=Int64, description="Transactions in the hour."),
+        Field(name="txn_amount_sum_1h", dtype=Float64, description="Spend in the hour."),
+        Field(name="failed_auth_count_1h", dtype=Int64, description="Failed authorisations."),
+    ],
+    source=customer_hourly_stats_source,
+    online=True,
+    tags={"team": "fraud", "cadence": "hourly"},
+)
+
+# Values known only when the transaction arrives (sent with the scoring request).
+transaction_request = RequestSource(
+    name="transaction_request",
+    schema=[Field(name="amount", dtype=Float64, description="Transaction amount.")],
+)
+
+
+# How unusual this amount is for the customer: the request-time value against their history.
+@on_demand_feature_view(
+    sources=[customer_daily_stats_fv, transaction_request],
+    schema=[
+        Field(name="amount_to_avg_30d_ratio", dtype=Float64),
+        Field(name="amount_log", dtype=Float64),
+    ],
+    mode="pandas",
+    description="Request amount relative to the customer's 30-day average.",
+)
+def transaction_amount_features(inputs: pd.DataFrame) -> pd.DataFrame:
+    """Ratio of the request amount to the 30-day mean (1.0 when the mean is missing or zero)."""
+    baseline = inputs["avg_amount_30d"].astype("float64").where(inputs["avg_amount_30d"] > 0)
+    out = pd.DataFrame(index=inputs.index)
+    out["amount_to_avg_30d_ratio"] = (inputs["amount"] / baseline).fillna(1.0)
+    out["amount_log"] = np.log1p(inputs["amount"].clip(lower=0))
+    return out
+
+
+# Features of fraud model v1: daily behaviour plus the request-time amount features.
+fraud_model_v1 = FeatureService(
+    name="fraud_model_v1",
+    features=[customer_daily_stats_fv, transaction_amount_features],
+    description="Inputs of the fraud model, version 1.",
+)
+
+# Features of fraud model v2: v1 plus hourly activity bursts.
+fraud_model_v2 = FeatureService(
+    name="fraud_model_v2",
+    features=[customer_daily_stats_fv, customer_hourly_stats_fv, transaction_amount_features],
+    description="Inputs of the fraud model, version 2 (adds hourly bursts).",
+)

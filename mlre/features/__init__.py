@@ -1,0 +1,1 @@
+"""Feature-store logic: profiles, registry sync, bounded materialization, consistency."""

@@ -1,0 +1,249 @@
+"""Online/offline consistency: do the online values equal the point-in-time offline values?
+
+For a seeded sample of entity keys, online values are read straight from the online store (with
+their event timestamps) and offline values through Feast's own point-in-time retrieval at the
+materialization watermark, an independent code path from the one that wrote the online store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from feast import FeatureStore, FeatureView
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.type_map import feast_value_type_to_python_type, python_values_to_proto_values
+
+from mlre.errors import FeatureStoreError
+from mlre.features.materialize import ViewSpec, connect_duckdb, open_source, quote_identifier
+
+EVENT_TS = "__online_event_ts"
+
+
+@dataclass(frozen=True)
+class FeatureConsistency:
+    """Per-feature result: how many keys were compared and how many disagreed, and how."""
+
+    feature_view: str
+    feature: str
+    compared: int
+    mismatches: int
+    missing_online: int
+    unexpected_online: int
+    stale: int
+    example_keys: tuple[Any, ...]
+
+    @property
+    def bad(self) -> int:
+        """Keys whose online value is wrong or absent (stale keys are reported, not counted)."""
+        return self.mismatches + self.missing_online + self.unexpected_online
+
+    @property
+    def mismatch_rate(self) -> float:
+        return self.bad / self.compared if self.compared else 0.0
+
+
+@dataclass(frozen=True)
+class ConsistencyReport:
+    """The comparison for one feature view at its watermark."""
+
+    feature_view: str
+    watermark: datetime
+    sampled: int
+    features: list[FeatureConsistency]
+    mismatched_keys: dict[str, list[Any]] = field(default_factory=dict)
+    missing_keys: list[Any] = field(default_factory=list)
+    stale_keys: list[Any] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ConsistencyDecision:
+    """Consistent or not, with the reasons a person needs to act."""
+
+    consistent: bool
+    mismatch_rate: float
+    threshold: float
+    reasons: list[str]
+
+
+def sample_keys(spec: ViewSpec, watermark: datetime, size: int, seed: int) -> pd.DataFrame:
+    """A seeded sample of the entity keys that have any source row at or before the watermark."""
+    if size <= 0:
+        raise FeatureStoreError(f"Sample size must be positive, got {size}.")
+    keys = ", ".join(quote_identifier(k) for k in spec.join_keys)
+    connection = connect_duckdb(512, 2, None)
+    try:
+        connection.register("source", open_source(spec.source_uri))
+        ts = quote_identifier(spec.timestamp_field)
+        sql = f"SELECT DISTINCT {keys} FROM source WHERE {ts} <= $wm"
+        frame = connection.execute(sql, {"wm": watermark}).df()
+    finally:
+        connection.close()
+    if len(frame) > size:
+        frame = frame.sample(n=size, random_state=seed)
+    return frame.sort_values(list(spec.join_keys)).reset_index(drop=True)
+
+
+def _entity_key(
+    join_keys: list[str], row: tuple[Any, ...], types: dict[str, Any]
+) -> EntityKeyProto:
+    values = [
+        python_values_to_proto_values([value], types[k])[0]
+        for k, value in zip(join_keys, row, strict=True)
+    ]
+    return EntityKeyProto(join_keys=join_keys, entity_values=values)
+
+
+def read_online(store: FeatureStore, feature_view: FeatureView, keys: pd.DataFrame) -> pd.DataFrame:
+    """Online values and event timestamps for the keys; absent keys come back as NaN rows."""
+    join_keys = list(feature_view.join_keys)
+    types = {e.name: e.dtype.to_value_type() for e in feature_view.entity_columns}
+    protos = [
+        _entity_key(join_keys, tuple(row), types) for row in keys[join_keys].itertuples(index=False)
+    ]
+    features = [f.name for f in feature_view.features]
+    rows = store._get_provider().online_read(
+        config=store.config, table=feature_view, entity_keys=protos, requested_features=features
+    )
+    records = []
+    for event_ts, values in rows:
+        record: dict[str, Any] = {EVENT_TS: event_ts}
+        for name in features:
+            proto = (values or {}).get(name)
+            record[name] = None if proto is None else feast_value_type_to_python_type(proto)
+        records.append(record)
+    online = pd.DataFrame.from_records(records, columns=[EVENT_TS, *features])
+    online[EVENT_TS] = pd.to_datetime(online[EVENT_TS], utc=True)
+    return pd.concat([keys[join_keys].reset_index(drop=True), online], axis=1)
+
+
+def read_offline(
+    store: FeatureStore, feature_view: FeatureView, keys: pd.DataFrame, watermark: datetime
+) -> pd.DataFrame:
+    """Point-in-time offline values at the watermark via Feast (rows it drops are absent keys)."""
+    join_keys = list(feature_view.join_keys)
+    entity_df = keys[join_keys].copy()
+    entity_df["event_timestamp"] = pd.Timestamp(watermark)
+    refs = [f"{feature_view.name}:{f.name}" for f in feature_view.features]
+    offline = store.get_historical_features(entity_df=entity_df, features=refs).to_df()
+    return offline.drop(columns=["event_timestamp"]).drop_duplicates(join_keys)
+
+
+def _values_equal(online: pd.Series, offline: pd.Series, tolerance: float) -> np.ndarray:
+    """Element-wise equality; numbers within tolerance, missing equals missing."""
+    both_missing = online.isna().to_numpy() & offline.isna().to_numpy()
+    if pd.api.types.is_numeric_dtype(offline) and not pd.api.types.is_bool_dtype(offline):
+        a = pd.to_numeric(online, errors="coerce").to_numpy(dtype="float64")
+        b = offline.to_numpy(dtype="float64")
+        close = np.isclose(a, b, rtol=tolerance, atol=tolerance, equal_nan=True)
+        return close | both_missing
+    same = online.astype("object").to_numpy() == offline.astype("object").to_numpy()
+    return same | both_missing
+
+
+def compare(
+    feature_view: str,
+    join_keys: list[str],
+    features: list[str],
+    online: pd.DataFrame,
+    offline: pd.DataFrame,
+    *,
+    watermark: datetime,
+    ttl: timedelta | None,
+    tolerance: float = 1e-9,
+) -> ConsistencyReport:
+    """Compare online and offline frames key by key (pure: frames in, report out)."""
+    merged = online.merge(
+        offline, on=join_keys, how="left", suffixes=("", "__offline"), indicator=True
+    )
+    in_offline = (merged["_merge"] == "both").to_numpy()
+    in_online = merged[EVENT_TS].notna().to_numpy()
+    stale = in_online & (
+        (merged[EVENT_TS] < pd.Timestamp(watermark - ttl)).to_numpy() if ttl else False
+    )
+    key_of = [
+        tuple(r) if len(join_keys) > 1 else r[0] for r in merged[join_keys].itertuples(index=False)
+    ]
+    missing = in_offline & ~in_online
+    unexpected = in_online & ~in_offline & ~stale
+    results, mismatched = [], {}
+    for name in features:
+        equal = _values_equal(merged[name], merged[f"{name}__offline"], tolerance)
+        differs = in_offline & in_online & ~equal
+        bad_keys = [key_of[i] for i in np.flatnonzero(differs | missing | unexpected)]
+        mismatched[name] = [key_of[i] for i in np.flatnonzero(differs)]
+        results.append(
+            FeatureConsistency(
+                feature_view=feature_view,
+                feature=name,
+                compared=len(merged),
+                mismatches=int(differs.sum()),
+                missing_online=int(missing.sum()),
+                unexpected_online=int(unexpected.sum()),
+                stale=int(stale.sum()),
+                example_keys=tuple(bad_keys[:5]),
+            )
+        )
+    return ConsistencyReport(
+        feature_view=feature_view,
+        watermark=watermark,
+        sampled=len(merged),
+        features=results,
+        mismatched_keys=mismatched,
+        missing_keys=[key_of[i] for i in np.flatnonzero(missing)],
+        stale_keys=[key_of[i] for i in np.flatnonzero(stale)],
+    )
+
+
+def decide(reports: list[ConsistencyReport], max_mismatch_rate: float) -> ConsistencyDecision:
+    """Consistent when the share of wrong (key, feature) cells stays at or under the threshold."""
+    cells = sum(f.compared for r in reports for f in r.features)
+    bad = sum(f.bad for r in reports for f in r.features)
+    rate = bad / cells if cells else 0.0
+    reasons = [
+        f"{f.feature_view}:{f.feature}: {f.mismatches} mismatched, {f.missing_online} missing "
+        f"online, {f.unexpected_online} unexpected of {f.compared} keys "
+        f"(e.g. {list(f.example_keys)})"
+        for r in reports
+        for f in r.features
+        if f.bad
+    ]
+    if not cells:
+        reasons.append("No entity keys were compared: nothing materialized at the watermark.")
+    consistent = bool(cells) and rate <= max_mismatch_rate
+    return ConsistencyDecision(consistent, rate, max_mismatch_rate, reasons)
+
+
+def check_view(
+    store: FeatureStore,
+    feature_view: FeatureView,
+    spec: ViewSpec,
+    *,
+    sample_size: int,
+    seed: int,
+    tolerance: float,
+    watermark: datetime | None = None,
+) -> ConsistencyReport:
+    """Sample keys, read both sides, compare (the I/O wrapper around `compare`)."""
+    watermark = watermark or feature_view.most_recent_end_time
+    if watermark is None:
+        raise FeatureStoreError(
+            f"Feature view {feature_view.name!r} has never been materialized, so there is no "
+            "watermark to check at; run the materialize-features flow first."
+        )
+    keys = sample_keys(spec, watermark, sample_size, seed)
+    online = read_online(store, feature_view, keys)
+    offline = read_offline(store, feature_view, keys, watermark)
+    return compare(
+        feature_view.name,
+        list(feature_view.join_keys),
+        [f.name for f in feature_view.features],
+        online,
+        offline,
+        watermark=watermark,
+        ttl=feature_view.ttl or None,
+        tolerance=tolerance,
+    )

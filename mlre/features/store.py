@@ -1,0 +1,208 @@
+"""Open a Feast store for a profile and apply the feature repo, with clear errors for bad config."""
+
+from __future__ import annotations
+
+import os
+import re
+import runpy
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from feast import (
+    Entity,
+    FeatureService,
+    FeatureStore,
+    FeatureView,
+    OnDemandFeatureView,
+    Project,
+    RepoConfig,
+)
+from feast.data_source import DataSource
+from feast.repo_contents import RepoContents
+from feast.repo_operations import apply_total_with_repo_instance, get_repo_files
+from feast.stream_feature_view import StreamFeatureView
+
+from mlre.errors import ConfigError, FeatureStoreError
+from mlre.settings import Settings
+
+PROFILE_FILES = {"local": "feature_store.yaml", "production": "feature_store.production.yaml"}
+KNOWN_ONLINE_STORES = {"sqlite", "redis"}
+_VARIABLE = re.compile(r"\$\{(\w+)\}")
+
+
+def lake_uri(settings: Settings) -> str:
+    """Root of the offline lake: `MLRE_OFFLINE_URI` when set (s3://... in the cloud), else local."""
+    return settings.offline_uri or str(settings.lake_dir)
+
+
+def profile_values(settings: Settings) -> dict[str, str]:
+    """The values a profile file may reference as `${NAME}`, taken from the settings object."""
+    values = {
+        "MLRE_HOME": str(settings.home),
+        "MLRE_LAKE_URI": lake_uri(settings),
+        "MLRE_REGISTRY_URI": settings.registry_uri,
+        "MLRE_REDIS_CONNECTION_STRING": settings.redis_connection_string,
+    }
+    return {key: value for key, value in values.items() if value}
+
+
+def profile_path(repo_path: Path, profile: str) -> Path:
+    """The feature_store YAML file of a profile, or a ConfigError naming the valid profiles."""
+    if profile not in PROFILE_FILES:
+        raise ConfigError(
+            f"Unknown store profile {profile!r}; use one of {sorted(PROFILE_FILES)} "
+            "(MLRE_STORE_PROFILE or the flow's store_profile parameter)."
+        )
+    path = Path(repo_path) / PROFILE_FILES[profile]
+    if not path.is_file():
+        raise ConfigError(
+            f"Feature repo {repo_path} has no {PROFILE_FILES[profile]} for profile {profile!r}; "
+            "point MLRE_FEATURE_REPO (or the repo_path parameter) at a Feast repository."
+        )
+    return path
+
+
+def render_profile(text: str, values: Mapping[str, str], *, source: str) -> dict[str, Any]:
+    """Substitute `${NAME}` from `values` (then the environment); a missing one is a ConfigError."""
+    lookup = {**os.environ, **values}
+    missing = sorted({name for name in _VARIABLE.findall(text) if not lookup.get(name)})
+    if missing:
+        raise ConfigError(
+            f"{source} needs environment variable(s) {', '.join(missing)} which are not set; "
+            "export them (see feature_repo/README.md) or use the 'local' profile."
+        )
+    rendered = _VARIABLE.sub(lambda match: lookup[match.group(1)], text)
+    config = yaml.safe_load(rendered)
+    online_type = (config.get("online_store") or {}).get("type", "sqlite")
+    if online_type not in KNOWN_ONLINE_STORES:
+        raise ConfigError(
+            f"{source}: online_store.type {online_type!r} is not supported here; "
+            f"use one of {sorted(KNOWN_ONLINE_STORES)}."
+        )
+    return config
+
+
+def open_store(
+    settings: Settings, repo_path: Path | None = None, profile: str | None = None
+) -> FeatureStore:
+    """A FeatureStore for the repo and profile (defaults from settings)."""
+    repo_path = Path(repo_path or settings.feature_repo).resolve()
+    profile = profile or settings.store_profile
+    path = profile_path(repo_path, profile)
+    config = render_profile(path.read_text(), profile_values(settings), source=str(path))
+    if profile == "local":
+        (settings.data_dir).mkdir(parents=True, exist_ok=True)
+    try:
+        return FeatureStore(config=RepoConfig(repo_path=repo_path, **config))
+    except Exception as exc:  # pydantic/feast config validation: re-raise with the file named
+        raise ConfigError(f"{path}: invalid Feast configuration: {exc}") from exc
+
+
+@contextmanager
+def _env(values: Mapping[str, str]) -> Iterator[None]:
+    """Temporarily export values (Feast definitions read their paths on import)."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def load_repo_contents(repo_path: Path, settings: Settings) -> RepoContents:
+    """Execute every definition file afresh (no module cache) and collect its Feast objects."""
+    objects: list[Any] = []
+    with _env(profile_values(settings)):
+        for file in get_repo_files(Path(repo_path).resolve()):
+            namespace = runpy.run_path(str(file), run_name=f"feast_repo_{file.stem}")
+            objects.extend(namespace.values())
+    return _collect(objects)
+
+
+def _unique(objects: list[Any], kind: type | tuple[type, ...]) -> list[Any]:
+    found: dict[int, Any] = {}
+    for obj in objects:
+        if isinstance(obj, kind):
+            found.setdefault(id(obj), obj)
+    return list(found.values())
+
+
+def _collect(objects: list[Any]) -> RepoContents:
+    """Group objects the way `feast apply` does (stream views are not plain feature views)."""
+    stream_views = _unique(objects, StreamFeatureView)
+    feature_views = [fv for fv in _unique(objects, FeatureView) if fv not in stream_views]
+    return RepoContents(
+        projects=_unique(objects, Project),
+        data_sources=_unique(objects, DataSource),
+        feature_views=feature_views,
+        on_demand_feature_views=_unique(objects, OnDemandFeatureView),
+        stream_feature_views=stream_views,
+        label_views=[],
+        entities=_unique(objects, Entity),
+        feature_services=_unique(objects, FeatureService),
+        permissions=[],
+    )
+
+
+@dataclass(frozen=True)
+class ApplySummary:
+    """What a registry sync left in the registry."""
+
+    project: str
+    entities: list[str]
+    feature_views: list[str]
+    on_demand_feature_views: list[str]
+    feature_services: list[str]
+
+
+def apply_repo(store: FeatureStore, repo_path: Path, settings: Settings) -> ApplySummary:
+    """Sync the registry with the repo: create/update its objects, delete ones no longer defined."""
+    contents = load_repo_contents(repo_path, settings)
+    if not contents.feature_views:
+        raise FeatureStoreError(
+            f"Feature repo {repo_path} defines no feature views; check its .feastignore and files."
+        )
+    project = store.project
+    if not contents.projects:
+        contents.projects.append(Project(name=project, description=""))
+    apply_total_with_repo_instance(
+        store, project, store.registry, contents, skip_source_validation=True
+    )
+    store.refresh_registry()
+    return ApplySummary(
+        project=project,
+        entities=sorted(e.name for e in store.list_entities()),
+        feature_views=sorted(fv.name for fv in store.list_feature_views()),
+        on_demand_feature_views=sorted(v.name for v in store.list_on_demand_feature_views()),
+        feature_services=sorted(s.name for s in store.list_feature_services()),
+    )
+
+
+def get_feature_view(store: FeatureStore, name: str) -> FeatureView:
+    """A registered feature view, or a FeatureStoreError listing the ones that exist."""
+    views = {fv.name: fv for fv in store.list_feature_views(allow_cache=False)}
+    if name not in views:
+        raise FeatureStoreError(
+            f"Feature view {name!r} is not in project {store.project!r}; "
+            f"known views: {sorted(views)}. Apply the feature repo first (mlre features apply)."
+        )
+    return views[name]
+
+
+def get_feature_service(store: FeatureStore, name: str) -> FeatureService:
+    """A registered feature service, or a FeatureStoreError listing the ones that exist."""
+    services = {s.name: s for s in store.list_feature_services()}
+    if name not in services:
+        raise FeatureStoreError(
+            f"Feature service {name!r} is not in project {store.project!r}; "
+            f"known services: {sorted(services)}."
+        )
+    return services[name]
