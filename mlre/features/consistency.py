@@ -97,6 +97,12 @@ def _entity_key(
     return EntityKeyProto(join_keys=join_keys, entity_values=values)
 
 
+def _python_value(proto: Any) -> Any:
+    if proto is None or proto.WhichOneof("val") is None:
+        return None
+    return feast_value_type_to_python_type(proto)
+
+
 def read_online(store: FeatureStore, feature_view: FeatureView, keys: pd.DataFrame) -> pd.DataFrame:
     """Online values and event timestamps for the keys; absent keys come back as NaN rows."""
     join_keys = list(feature_view.join_keys)
@@ -110,10 +116,12 @@ def read_online(store: FeatureStore, feature_view: FeatureView, keys: pd.DataFra
     )
     records = []
     for event_ts, values in rows:
-        record: dict[str, Any] = {EVENT_TS: event_ts}
-        for name in features:
-            proto = (values or {}).get(name)
-            record[name] = None if proto is None else feast_value_type_to_python_type(proto)
+        record: dict[str, Any] = {
+            name: _python_value((values or {}).get(name)) for name in features
+        }
+        # Redis answers an absent key with empty values and a 1970 timestamp: treat it as absent.
+        present = any(value is not None for value in record.values())
+        record[EVENT_TS] = event_ts if present else None
         records.append(record)
     online = pd.DataFrame.from_records(records, columns=[EVENT_TS, *features])
     online[EVENT_TS] = pd.to_datetime(online[EVENT_TS], utc=True)

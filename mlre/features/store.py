@@ -206,3 +206,22 @@ def get_feature_service(store: FeatureStore, name: str) -> FeatureService:
             f"known services: {sorted(services)}."
         )
     return services[name]
+
+
+def select_views(
+    store: FeatureStore, names: list[str] | None = None, feature_service: str | None = None
+) -> list[FeatureView]:
+    """Feature views by name, or those a feature service reads, or every batch view."""
+    if names:
+        return [get_feature_view(store, name) for name in names]
+    if feature_service:
+        service = get_feature_service(store, feature_service)
+        batch_names = {fv.name for fv in store.list_feature_views(allow_cache=False)}
+        wanted = [p.name for p in service.feature_view_projections if p.name in batch_names]
+        return [get_feature_view(store, name) for name in wanted]
+    views = sorted(store.list_feature_views(allow_cache=False), key=lambda fv: fv.name)
+    if not views:
+        raise FeatureStoreError(
+            f"Project {store.project!r} has no feature views; apply the feature repo first."
+        )
+    return views
