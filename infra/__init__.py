@@ -1,0 +1,1 @@
+"""Pulumi program for the mlre AWS GPU environment (VPC, EKS, data services, platform workloads)."""

@@ -1,0 +1,250 @@
+"""Typed, read-once view of the stack's Pulumi config (defaults live only in Pulumi.yaml)."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+import pulumi
+
+CAPACITY_TYPES = ("ON_DEMAND", "SPOT")
+
+
+class InfraConfigError(ValueError):
+    """A config value a user set is unusable; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class GpuPoolConfig:
+    """One GPU managed node group: scales from 0 up to max_size (the cost cap)."""
+
+    name: str
+    instance_types: tuple[str, ...]
+    capacity_type: str
+    max_size: int
+    gpus_per_node: int
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """VPC layout: one private and one public subnet per availability zone."""
+
+    vpc_cidr: str
+    az_count: int
+    private_subnet_cidrs: tuple[str, ...]
+    public_subnet_cidrs: tuple[str, ...]
+    single_nat_gateway: bool
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """EKS control plane and node pools."""
+
+    kubernetes_version: str
+    public_access_cidrs: tuple[str, ...]
+    system_instance_types: tuple[str, ...]
+    system_min_size: int
+    system_max_size: int
+    system_volume_gb: int
+    gpu_volume_gb: int
+    gpu_pools: tuple[GpuPoolConfig, ...]
+    cluster_autoscaler_chart_version: str
+    nvidia_device_plugin_chart_version: str
+    dcgm_exporter_chart_version: str
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Buckets, PostgreSQL and Redis."""
+
+    noncurrent_version_days: int
+    prediction_log_days: int
+    db_instance_class: str
+    db_engine_version: str
+    db_allocated_storage_gb: int
+    db_backup_retention_days: int
+    db_multi_az: bool
+    db_deletion_protection: bool
+    redis_node_type: str
+    redis_engine_version: str
+    redis_num_cache_clusters: int
+
+
+@dataclass(frozen=True)
+class ServicesConfig:
+    """Workloads on the cluster and how they are reached."""
+
+    platform_namespace: str
+    expose_services_publicly: bool
+    mlflow_image: str
+    mlflow_replicas: int
+    feast_image: str
+    feast_project: str
+    feast_min_replicas: int
+    feast_max_replicas: int
+    prefect_image: str
+    prefect_api_url: str
+    prefect_api_key: pulumi.Output[str]
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    """Monthly cost alarm."""
+
+    monthly_limit_usd: int
+    alert_email: str
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """Everything the program reads from config, read once."""
+
+    stack: str
+    region: str
+    network: NetworkConfig
+    cluster: ClusterConfig
+    data: DataConfig
+    services: ServicesConfig
+    budget: BudgetConfig
+
+    @property
+    def prefix(self) -> str:
+        """Name prefix shared by every physical resource of this stack."""
+        return f"mlre-{self.stack}"
+
+
+def parse_gpu_pool(spec: str) -> GpuPoolConfig:
+    """Parse `name=a10g;instances=g5.xlarge,g5.2xlarge;capacity=SPOT;max=2;gpus=1`."""
+    try:
+        fields = dict(part.split("=", 1) for part in spec.split(";") if part.strip())
+        pool = GpuPoolConfig(
+            name=fields["name"].strip(),
+            instance_types=tuple(t.strip() for t in fields["instances"].split(",") if t.strip()),
+            capacity_type=fields["capacity"].strip().upper(),
+            max_size=int(fields["max"]),
+            gpus_per_node=int(fields["gpus"]),
+        )
+    except (KeyError, ValueError) as exc:
+        raise InfraConfigError(
+            f"mlre:gpuPools entry {spec!r} is malformed ({exc}); expected "
+            "'name=<pool>;instances=<type>[,<type>];capacity=ON_DEMAND|SPOT;max=<n>;gpus=<n>'"
+        ) from exc
+    if pool.capacity_type not in CAPACITY_TYPES:
+        raise InfraConfigError(
+            f"mlre:gpuPools entry {spec!r}: capacity must be one of {CAPACITY_TYPES}"
+        )
+    if not pool.instance_types or pool.max_size < 1 or pool.gpus_per_node < 1:
+        raise InfraConfigError(
+            f"mlre:gpuPools entry {spec!r}: needs at least one instance type, max >= 1, gpus >= 1"
+        )
+    return pool
+
+
+def _cidr(value: str, key: str) -> str:
+    """Reject a malformed CIDR early (before AWS does, slowly)."""
+    try:
+        ipaddress.ip_network(value)
+    except ValueError as exc:
+        raise InfraConfigError(f"mlre:{key} holds {value!r}, not a CIDR block") from exc
+    return value
+
+
+def _cidrs(cfg: pulumi.Config, key: str) -> tuple[str, ...]:
+    """Read a list of CIDRs."""
+    return tuple(_cidr(value, key) for value in cfg.require_object(key))
+
+
+def _network(cfg: pulumi.Config) -> NetworkConfig:
+    """Network section; every AZ needs one private and one public subnet CIDR."""
+    az_count = cfg.require_int("azCount")
+    private, public = _cidrs(cfg, "privateSubnetCidrs"), _cidrs(cfg, "publicSubnetCidrs")
+    if az_count < 2:
+        raise InfraConfigError("mlre:azCount must be >= 2: EKS and RDS need two AZs")
+    if len(private) < az_count or len(public) < az_count:
+        raise InfraConfigError(
+            f"mlre:privateSubnetCidrs and mlre:publicSubnetCidrs need {az_count} entries each "
+            "(one per AZ); add CIDRs or lower mlre:azCount"
+        )
+    return NetworkConfig(
+        vpc_cidr=_cidr(cfg.require("vpcCidr"), "vpcCidr"),
+        az_count=az_count,
+        private_subnet_cidrs=private[:az_count],
+        public_subnet_cidrs=public[:az_count],
+        single_nat_gateway=cfg.require_bool("singleNatGateway"),
+    )
+
+
+def _cluster(cfg: pulumi.Config) -> ClusterConfig:
+    """Cluster section; an open public endpoint is refused outright."""
+    public_cidrs = _cidrs(cfg, "clusterPublicAccessCidrs")
+    if any(ipaddress.ip_network(c).prefixlen == 0 for c in public_cidrs):
+        raise InfraConfigError(
+            "mlre:clusterPublicAccessCidrs must not contain 0.0.0.0/0; list your VPN/office CIDRs"
+        )
+    pools = tuple(parse_gpu_pool(spec) for spec in cfg.require_object("gpuPools"))
+    if len({p.name for p in pools}) != len(pools):
+        raise InfraConfigError("mlre:gpuPools has duplicate pool names")
+    return ClusterConfig(
+        kubernetes_version=cfg.require("kubernetesVersion"),
+        public_access_cidrs=public_cidrs,
+        system_instance_types=tuple(cfg.require_object("systemInstanceTypes")),
+        system_min_size=cfg.require_int("systemMinSize"),
+        system_max_size=cfg.require_int("systemMaxSize"),
+        system_volume_gb=cfg.require_int("systemVolumeGb"),
+        gpu_volume_gb=cfg.require_int("gpuVolumeGb"),
+        gpu_pools=pools,
+        cluster_autoscaler_chart_version=cfg.require("clusterAutoscalerChartVersion"),
+        nvidia_device_plugin_chart_version=cfg.require("nvidiaDevicePluginChartVersion"),
+        dcgm_exporter_chart_version=cfg.require("dcgmExporterChartVersion"),
+    )
+
+
+def _data(cfg: pulumi.Config) -> DataConfig:
+    """Storage, database and cache section."""
+    return DataConfig(
+        noncurrent_version_days=cfg.require_int("noncurrentVersionDays"),
+        prediction_log_days=cfg.require_int("predictionLogDays"),
+        db_instance_class=cfg.require("dbInstanceClass"),
+        db_engine_version=cfg.require("dbEngineVersion"),
+        db_allocated_storage_gb=cfg.require_int("dbAllocatedStorageGb"),
+        db_backup_retention_days=cfg.require_int("dbBackupRetentionDays"),
+        db_multi_az=cfg.require_bool("dbMultiAz"),
+        db_deletion_protection=cfg.require_bool("dbDeletionProtection"),
+        redis_node_type=cfg.require("redisNodeType"),
+        redis_engine_version=cfg.require("redisEngineVersion"),
+        redis_num_cache_clusters=cfg.require_int("redisNumCacheClusters"),
+    )
+
+
+def _services(cfg: pulumi.Config) -> ServicesConfig:
+    """Kubernetes services section; the Prefect API key is only ever a secret."""
+    return ServicesConfig(
+        platform_namespace=cfg.require("platformNamespace"),
+        expose_services_publicly=cfg.require_bool("exposeServicesPublicly"),
+        mlflow_image=cfg.require("mlflowImage"),
+        mlflow_replicas=cfg.require_int("mlflowReplicas"),
+        feast_image=cfg.require("feastImage"),
+        feast_project=cfg.require("feastProject"),
+        feast_min_replicas=cfg.require_int("feastMinReplicas"),
+        feast_max_replicas=cfg.require_int("feastMaxReplicas"),
+        prefect_image=cfg.require("prefectImage"),
+        prefect_api_url=cfg.require("prefectApiUrl"),
+        prefect_api_key=cfg.require_secret("prefectApiKey"),
+    )
+
+
+def load_config() -> StackConfig:
+    """Read the whole stack config once into a frozen, validated object."""
+    cfg = pulumi.Config()
+    return StackConfig(
+        stack=pulumi.get_stack(),
+        region=pulumi.Config("aws").require("region"),
+        network=_network(cfg),
+        cluster=_cluster(cfg),
+        data=_data(cfg),
+        services=_services(cfg),
+        budget=BudgetConfig(
+            monthly_limit_usd=cfg.require_int("monthlyBudgetUsd"),
+            alert_email=cfg.require("budgetAlertEmail"),
+        ),
+    )

@@ -1,0 +1,291 @@
+"""Guard-rail rules: ResourceValidationPolicy objects and their validate functions.
+
+Props are resource inputs as the engine sees them (camelCase). Never construct a PolicyPack
+here: __main__.py does, and constructing one starts a gRPC server.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pulumi_policy import (
+    EnforcementLevel,
+    ReportViolation,
+    ResourceValidationArgs,
+    ResourceValidationPolicy,
+)
+
+from infra.policy.iam_allowlist import UNSCOPABLE_READ_ACTIONS
+from mlre import k8s_labels
+
+REQUIRED_LOGS = frozenset({"api", "audit", "authenticator", "controllerManager", "scheduler"})
+IAM_POLICY_TYPES = frozenset(
+    {
+        "aws:iam/policy:Policy",
+        "aws:iam/rolePolicy:RolePolicy",
+        "aws:iam/userPolicy:UserPolicy",
+        "aws:iam/groupPolicy:GroupPolicy",
+    }
+)
+GPU_AMI_MARKERS = ("NVIDIA", "GPU")
+S3_SSE_TYPE = (
+    "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration"
+)
+
+
+def _only(resource_type: str | frozenset[str], args: ResourceValidationArgs) -> bool:
+    """True when the rule applies to this resource type."""
+    types = {resource_type} if isinstance(resource_type, str) else resource_type
+    return args.resource_type in types
+
+
+def _as_list(value: Any) -> list:
+    """IAM allows a string or a list wherever a list is meant."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _truthy(value: Any) -> bool:
+    """Booleans arrive as bools or (on some AWS inputs) as "true"/"false" strings."""
+    return value is True or (isinstance(value, str) and value.lower() == "true")
+
+
+# --- EKS ------------------------------------------------------------------------------------
+
+
+def eks_logging(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """Every control-plane log type is shipped to CloudWatch."""
+    if not _only("aws:eks/cluster:Cluster", args):
+        return
+    missing = REQUIRED_LOGS - set(args.props.get("enabledClusterLogTypes") or [])
+    if missing:
+        report(f"EKS cluster is missing control-plane logs: {sorted(missing)}", None)
+
+
+def eks_secrets_encryption(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """Kubernetes secrets are envelope-encrypted with a KMS key."""
+    if not _only("aws:eks/cluster:Cluster", args):
+        return
+    enc = args.props.get("encryptionConfig") or {}
+    if "secrets" not in (enc.get("resources") or []) or not (enc.get("provider") or {}).get(
+        "keyArn"
+    ):
+        report("EKS cluster must encrypt 'secrets' with a KMS key (encryptionConfig)", None)
+
+
+def eks_endpoint_not_open(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """Private endpoint on; public endpoint off or restricted (never 0.0.0.0/0)."""
+    if not _only("aws:eks/cluster:Cluster", args):
+        return
+    vpc = args.props.get("vpcConfig") or {}
+    if not _truthy(vpc.get("endpointPrivateAccess")):
+        report("EKS private endpoint access must be on", None)
+    # AWS defaults endpointPublicAccess to true and publicAccessCidrs to 0.0.0.0/0.
+    if vpc.get("endpointPublicAccess") is False:
+        return
+    cidrs = vpc.get("publicAccessCidrs") or []
+    if not cidrs or any(ipaddress.ip_network(c).prefixlen == 0 for c in cidrs):
+        report("EKS public endpoint is open to the internet; disable it or list CIDRs", None)
+
+
+# --- EC2 / node groups ----------------------------------------------------------------------
+
+
+def launch_template_imdsv2(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """IMDSv2 required with hop limit 1, so pods cannot reach node credentials."""
+    if not _only("aws:ec2/launchTemplate:LaunchTemplate", args):
+        return
+    md = args.props.get("metadataOptions") or {}
+    if md.get("httpTokens") != "required":
+        report("Launch template must require IMDSv2 (metadataOptions.httpTokens=required)", None)
+    if md.get("httpPutResponseHopLimit") != 1:
+        report("Launch template must set metadataOptions.httpPutResponseHopLimit=1", None)
+
+
+def launch_template_ebs_encrypted(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """Every EBS volume a launch template defines is encrypted."""
+    if not _only("aws:ec2/launchTemplate:LaunchTemplate", args):
+        return
+    for mapping in args.props.get("blockDeviceMappings") or []:
+        if not _truthy((mapping.get("ebs") or {}).get("encrypted")):
+            report(f"EBS volume {mapping.get('deviceName')} must be encrypted", None)
+
+
+def _is_gpu_group(props: Mapping[str, Any]) -> bool:
+    """A node group is a GPU pool if its AMI or its pool label says so."""
+    ami = str(props.get("amiType") or "")
+    label = (props.get("labels") or {}).get(k8s_labels.POOL_LABEL_KEY)
+    return any(m in ami for m in GPU_AMI_MARKERS) or label == k8s_labels.GPU_POOL_LABEL_VALUE
+
+
+def gpu_node_group_guarded(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """GPU node groups carry the GPU NoSchedule taint and can scale to zero."""
+    if not _only("aws:eks/nodeGroup:NodeGroup", args) or not _is_gpu_group(args.props):
+        return
+    taints = args.props.get("taints") or []
+    if not any(
+        t.get("key") == k8s_labels.GPU_TAINT_KEY and t.get("effect") == "NO_SCHEDULE"
+        for t in taints
+    ):
+        report(f"GPU node group must carry the {k8s_labels.GPU_TAINT_KEY} NoSchedule taint", None)
+    if (args.props.get("scalingConfig") or {}).get("minSize") != 0:
+        report("GPU node group must have scalingConfig.minSize=0 (scale to zero)", None)
+
+
+# --- S3 -------------------------------------------------------------------------------------
+
+
+def s3_sse_kms(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """Bucket default encryption is SSE-KMS."""
+    if not _only(
+        "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration",
+        args,
+    ):
+        return
+    rules = args.props.get("rules") or []
+    algorithms = [
+        (r.get("applyServerSideEncryptionByDefault") or {}).get("sseAlgorithm") for r in rules
+    ]
+    if not algorithms or any(a not in {"aws:kms", "aws:kms:dsse"} for a in algorithms):
+        report("S3 default encryption must be SSE-KMS (sseAlgorithm aws:kms)", None)
+
+
+def s3_versioning(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """Bucket versioning is enabled."""
+    if not _only("aws:s3/bucketVersioning:BucketVersioning", args):
+        return
+    if (args.props.get("versioningConfiguration") or {}).get("status") != "Enabled":
+        report("S3 bucket versioning must be Enabled", None)
+
+
+def s3_public_access_block(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """All four public-access-block switches are on."""
+    if not _only("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock", args):
+        return
+    keys = ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
+    off = [k for k in keys if not _truthy(args.props.get(k))]
+    if off:
+        report(f"S3 public access block must set {off} to true", None)
+
+
+def s3_ownership_enforced(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """Object ownership is BucketOwnerEnforced (ACLs disabled)."""
+    if not _only("aws:s3/bucketOwnershipControls:BucketOwnershipControls", args):
+        return
+    if (args.props.get("rule") or {}).get("objectOwnership") != "BucketOwnerEnforced":
+        report("S3 ownership controls must be BucketOwnerEnforced (ACLs off)", None)
+
+
+def s3_no_public_acl(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """No bucket is created with a public canned ACL."""
+    if not _only("aws:s3/bucket:Bucket", args):
+        return
+    if str(args.props.get("acl") or "").startswith("public"):
+        report("S3 bucket must not use a public ACL", None)
+
+
+# --- data services --------------------------------------------------------------------------
+
+
+def rds_hardened(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """RDS is encrypted, not publicly accessible and backed up."""
+    if not _only("aws:rds/instance:Instance", args):
+        return
+    props = args.props
+    if not _truthy(props.get("storageEncrypted")):
+        report("RDS storage must be encrypted", None)
+    if _truthy(props.get("publiclyAccessible")):
+        report("RDS must not be publicly accessible", None)
+    if (props.get("backupRetentionPeriod") or 0) < 1:
+        report("RDS must keep automated backups (backupRetentionPeriod >= 1)", None)
+
+
+def elasticache_hardened(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """Redis is encrypted at rest and in transit and requires AUTH."""
+    if not _only("aws:elasticache/replicationGroup:ReplicationGroup", args):
+        return
+    props = args.props
+    if not _truthy(props.get("atRestEncryptionEnabled")):
+        report("ElastiCache must encrypt at rest", None)
+    if not _truthy(props.get("transitEncryptionEnabled")):
+        report("ElastiCache must encrypt in transit (TLS)", None)
+    if not props.get("authToken") and not props.get("userGroupIds"):
+        report("ElastiCache must require AUTH (authToken or RBAC user groups)", None)
+
+
+# --- IAM ------------------------------------------------------------------------------------
+
+
+def _policy_statements(policy: Any) -> list[Mapping[str, Any]]:
+    """Statements of an IAM policy given as JSON text or a dict."""
+    doc = json.loads(policy) if isinstance(policy, str) else (policy or {})
+    return [s for s in _as_list(doc.get("Statement")) if isinstance(s, Mapping)]
+
+
+def _wildcard_problems(statement: Mapping[str, Any]) -> Iterable[str]:
+    """Why one Allow statement is too broad (empty when it is fine)."""
+    if statement.get("NotAction") or statement.get("NotResource"):
+        yield "uses NotAction/NotResource"
+    actions = _as_list(statement.get("Action"))
+    for action in actions:
+        if "*" in action:
+            yield f"action {action!r} has a wildcard"
+    for resource in _as_list(statement.get("Resource")):
+        if resource == "*" and not set(actions) <= UNSCOPABLE_READ_ACTIONS:
+            scopable = sorted(set(actions) - UNSCOPABLE_READ_ACTIONS)
+            yield f"Resource '*' for scopable actions {scopable}"
+        elif resource != "*" and resource.split(":")[-1] == "*":
+            yield f"resource {resource!r} matches every resource of its service"
+
+
+def iam_no_wildcards(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """Allow statements name their actions and resources (no '*')."""
+    if not _only(IAM_POLICY_TYPES, args):
+        return
+    for statement in _policy_statements(args.props.get("policy")):
+        if statement.get("Effect") != "Allow":
+            continue
+        for problem in _wildcard_problems(statement):
+            report(f"IAM policy statement {problem}", None)
+
+
+def _policy(name: str, description: str, validate: Any) -> ResourceValidationPolicy:
+    """A mandatory resource policy."""
+    return ResourceValidationPolicy(
+        name=name,
+        description=description,
+        validate=validate,
+        enforcement_level=EnforcementLevel.MANDATORY,
+    )
+
+
+POLICIES: list[ResourceValidationPolicy] = [
+    _policy("eks-control-plane-logging", "EKS ships all control-plane logs.", eks_logging),
+    _policy("eks-secrets-encryption", "EKS encrypts secrets with KMS.", eks_secrets_encryption),
+    _policy(
+        "eks-endpoint-not-open", "EKS API is private or CIDR-restricted.", eks_endpoint_not_open
+    ),
+    _policy("launch-template-imdsv2", "IMDSv2 required, hop limit 1.", launch_template_imdsv2),
+    _policy(
+        "launch-template-ebs-encrypted",
+        "Node EBS volumes are encrypted.",
+        launch_template_ebs_encrypted,
+    ),
+    _policy(
+        "gpu-node-group-guarded",
+        "GPU node groups are tainted and scale to zero.",
+        gpu_node_group_guarded,
+    ),
+    _policy("s3-sse-kms", "S3 buckets default to SSE-KMS.", s3_sse_kms),
+    _policy("s3-versioning", "S3 buckets are versioned.", s3_versioning),
+    _policy("s3-public-access-block", "S3 public access is blocked.", s3_public_access_block),
+    _policy("s3-ownership-enforced", "S3 ACLs are disabled.", s3_ownership_enforced),
+    _policy("s3-no-public-acl", "No public canned ACLs.", s3_no_public_acl),
+    _policy("rds-hardened", "RDS encrypted, private, backed up.", rds_hardened),
+    _policy("elasticache-hardened", "Redis encrypted with AUTH.", elasticache_hardened),
+    _policy("iam-no-wildcards", "IAM policies without wildcards.", iam_no_wildcards),
+]

@@ -1,0 +1,144 @@
+"""Composition of the whole environment: wires components together, holds no logic of its own."""
+
+from __future__ import annotations
+
+import pulumi
+
+from infra.addons import ClusterAddons
+from infra.budget import CostGuard
+from infra.cache import Cache
+from infra.cluster import Cluster
+from infra.config import StackConfig
+from infra.database import Database
+from infra.feast_service import FeastService
+from infra.k8s import namespace
+from infra.mlflow_service import MlflowService
+from infra.network import Network
+from infra.node_pools import CpuNodePool, GpuNodePool
+from infra.prefect_worker import PrefectWorkers
+from infra.storage import Storage
+from mlre import k8s_labels
+
+
+def build(cfg: StackConfig) -> dict[str, pulumi.Input[object]]:
+    """Create every component for one stack and return the stack outputs the flows need."""
+    p = cfg.prefix
+    net = Network(f"{p}-network", cfg.network, cluster_name=p)
+    cluster = Cluster(p, cfg.cluster, region=cfg.region, subnet_ids=net.private_subnet_ids)
+    node_args = {
+        "cluster_name": cluster.name,
+        "node_role_arn": cluster.node_role.arn,
+        "subnet_ids": net.private_subnet_ids,
+    }
+    system = CpuNodePool(
+        f"{p}-system-pool",
+        instance_types=cfg.cluster.system_instance_types,
+        min_size=cfg.cluster.system_min_size,
+        max_size=cfg.cluster.system_max_size,
+        volume_gb=cfg.cluster.system_volume_gb,
+        **node_args,
+    )
+    gpu_pools = [
+        GpuNodePool(f"{p}-gpu-{pool.name}", pool, volume_gb=cfg.cluster.gpu_volume_gb, **node_args)
+        for pool in cfg.cluster.gpu_pools
+    ]
+    provider = cluster.k8s_provider
+    ClusterAddons(
+        f"{p}-addons",
+        cluster_name=cluster.name,
+        region=cfg.region,
+        kubernetes_version=cfg.cluster.kubernetes_version,
+        oidc_provider_arn=cluster.oidc_provider.arn,
+        oidc_issuer_url=cluster.oidc_issuer_url,
+        asg_names=[system.asg_name] + [pool.asg_name for pool in gpu_pools],
+        node_group_arns=[system.node_group.arn] + [pool.node_group.arn for pool in gpu_pools],
+        chart_versions={
+            "cluster-autoscaler": cfg.cluster.cluster_autoscaler_chart_version,
+            "nvidia-device-plugin": cfg.cluster.nvidia_device_plugin_chart_version,
+            "dcgm-exporter": cfg.cluster.dcgm_exporter_chart_version,
+        },
+        provider=provider,
+        opts=pulumi.ResourceOptions(depends_on=[system]),
+    )
+    storage = Storage(f"{p}-storage", cfg.data)
+    data_args = {
+        "vpc_id": net.vpc_id,
+        "subnet_ids": net.private_subnet_ids,
+        "client_security_group_id": cluster.security_group_id,
+    }
+    db = Database(f"{p}-db", cfg.data, **data_args)
+    cache = Cache(f"{p}-redis", cfg.data, **data_args)
+
+    svc = cfg.services
+    platform_ns = namespace(svc.platform_namespace, provider, cluster)
+    flows_ns = namespace(k8s_labels.FLOWS_NAMESPACE, provider, cluster, level="baseline")
+    after_ns = pulumi.ResourceOptions(depends_on=[platform_ns, system])
+    irsa = {
+        "oidc_provider_arn": cluster.oidc_provider.arn,
+        "oidc_issuer_url": cluster.oidc_issuer_url,
+        "provider": provider,
+        "kms_key_arn": storage.kms_key.arn,
+    }
+    buckets = storage.buckets
+    mlflow = MlflowService(
+        f"{p}-mlflow",
+        namespace=svc.platform_namespace,
+        image=svc.mlflow_image,
+        replicas=svc.mlflow_replicas,
+        public=svc.expose_services_publicly,
+        artifact_bucket=buckets["mlflow-artifacts"].name,
+        artifact_bucket_arn=buckets["mlflow-artifacts"].arn,
+        backend_uri=db.url("psycopg2"),
+        opts=after_ns,
+        **irsa,
+    )
+    feast = FeastService(
+        f"{p}-feast",
+        namespace=svc.platform_namespace,
+        image=svc.feast_image,
+        project=svc.feast_project,
+        min_replicas=svc.feast_min_replicas,
+        max_replicas=svc.feast_max_replicas,
+        public=svc.expose_services_publicly,
+        region=cfg.region,
+        lake_bucket=buckets["feature-lake"].name,
+        readable_bucket_arns=[buckets["feature-lake"].arn, buckets["feast-registry"].arn],
+        registry_url=db.url("psycopg"),
+        redis_connection=cache.feast_connection(),
+        opts=after_ns,
+        **irsa,
+    )
+    workers = PrefectWorkers(
+        f"{p}-prefect",
+        image=svc.prefect_image,
+        api_url=svc.prefect_api_url,
+        api_key=svc.prefect_api_key,
+        data_bucket_arns=[
+            buckets[purpose].arn for purpose in ("feature-lake", "feast-registry", "prediction-log")
+        ],
+        opts=pulumi.ResourceOptions(depends_on=[flows_ns, system]),
+        **irsa,
+    )
+    CostGuard(f"{p}-cost", cfg.budget)
+    return {
+        "cluster_name": cluster.name,
+        "kubeconfig": cluster.kubeconfig,
+        "region": cfg.region,
+        "vpc_id": net.vpc_id,
+        "mlflow_url": mlflow.url,
+        "feast_feature_server_url": feast.url,
+        "mlflow_artifacts_bucket": buckets["mlflow-artifacts"].name,
+        "feature_lake_bucket": buckets["feature-lake"].name,
+        "feast_registry_bucket": buckets["feast-registry"].name,
+        "prediction_log_bucket": buckets["prediction-log"].name,
+        "redis_endpoint": cache.endpoint,
+        "database_endpoint": db.address,
+        "work_pools": workers.work_pools,
+        "cpu_work_pool": k8s_labels.CPU_WORK_POOL,
+        "gpu_work_pool": k8s_labels.GPU_WORK_POOL,
+        "flows_namespace": k8s_labels.FLOWS_NAMESPACE,
+        "flows_service_account": k8s_labels.FLOWS_SERVICE_ACCOUNT,
+        "flows_role_arn": workers.flows_role.arn,
+        "mlflow_admin_password": pulumi.Output.secret(mlflow.admin_password.result),
+        "gpu_node_pools": [pool.name for pool in cfg.cluster.gpu_pools],
+    }
