@@ -1,0 +1,149 @@
+"""Every Kubernetes object the program declares passes the 1.33 schema and is hardened."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kubernetes_validate
+import pytest
+from infra_harness import Run, manifests, run_stack
+
+from mlre import k8s_labels
+
+pytestmark = pytest.mark.infra
+
+K8S_VERSION = "1.33"
+_RUNS: dict[str, Run] = {}
+
+
+def _run(stack: str) -> Run:
+    """Module-level cache so parametrisation can see the manifests at collection time."""
+    if stack not in _RUNS:
+        _RUNS[stack] = run_stack(stack)
+    return _RUNS[stack]
+
+
+def _cases() -> list[Any]:
+    cases = []
+    for stack in ("dev", "prod"):
+        for manifest in manifests(_run(stack)):
+            ident = f"{stack}-{manifest['kind']}-{manifest['metadata']['name']}"
+            cases.append(pytest.param(manifest, id=ident))
+    return cases
+
+
+def _deployments(run: Run) -> list[dict]:
+    return [m for m in manifests(run) if m["kind"] == "Deployment"]
+
+
+@pytest.mark.parametrize("manifest", _cases())
+def test_manifest_is_valid_kubernetes(manifest: dict) -> None:
+    kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+
+
+def test_schema_check_can_fail() -> None:
+    bad = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"},
+           "spec": {"ports": [{"port": "eighty"}]}}  # fmt: skip
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, K8S_VERSION, strict=True)
+
+
+def test_expected_objects_exist() -> None:
+    kinds = {(m["kind"], m["metadata"]["name"]) for m in manifests(_run("dev"))}
+    assert {
+        ("Namespace", "mlre-platform"),
+        ("Namespace", k8s_labels.FLOWS_NAMESPACE),
+        ("Deployment", "mlflow"),
+        ("Service", "mlflow"),
+        ("Deployment", "feast"),
+        ("Service", "feast"),
+        ("ConfigMap", "feast-config"),
+        ("HorizontalPodAutoscaler", "feast"),
+        ("Deployment", f"prefect-worker-{k8s_labels.CPU_WORK_POOL}"),
+        ("Deployment", f"prefect-worker-{k8s_labels.GPU_WORK_POOL}"),
+        ("ServiceAccount", k8s_labels.FLOWS_SERVICE_ACCOUNT),
+        ("Role", "prefect-worker"),
+        ("RoleBinding", "prefect-worker"),
+    } <= kinds
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_deployments_are_non_root_probed_and_sized(stack: str) -> None:
+    deployments = _deployments(_run(stack))
+    assert len(deployments) == 4
+    for deployment in deployments:
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["nodeSelector"] == {k8s_labels.POOL_LABEL_KEY: k8s_labels.CPU_POOL_LABEL_VALUE}
+        for container in pod["containers"]:
+            sc = container["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False
+            assert sc["capabilities"] == {"drop": ["ALL"]}
+            assert container["resources"]["limits"]["memory"]
+            assert container["livenessProbe"]
+            assert container["readinessProbe"]
+
+
+def test_mlflow_runs_basic_auth_with_secrets_from_env() -> None:
+    (mlflow,) = [d for d in _deployments(_run("dev")) if d["metadata"]["name"] == "mlflow"]
+    container = mlflow["spec"]["template"]["spec"]["containers"][0]
+    assert "--app-name=basic-auth" in container["args"]
+    assert any(a.startswith("--artifacts-destination=s3://") for a in container["args"])
+    assert not any("postgresql" in a for a in container["args"])  # password never in argv
+    env = {e["name"]: e for e in container["env"]}
+    assert "secretKeyRef" in env["MLFLOW_BACKEND_STORE_URI"]["valueFrom"]
+    assert "secretKeyRef" in env["MLFLOW_AUTH_ADMIN_PASSWORD"]["valueFrom"]
+
+
+def test_feast_config_is_production_shaped_without_secrets() -> None:
+    (config,) = [m for m in manifests(_run("dev")) if m["kind"] == "ConfigMap"]
+    text = config["data"]["feature_store.yaml"]
+    assert "registry_type: sql" in text
+    assert "type: redis" in text
+    assert "${FEAST_REDIS_CONNECTION}" in text
+    assert "password" not in text
+    (secret,) = [m for m in manifests(_run("dev"))
+                 if m["kind"] == "Secret" and m["metadata"]["name"] == "feast-secrets"]  # fmt: skip
+    assert secret["stringData"]["FEAST_REDIS_CONNECTION"].endswith("ssl=true,password=" + "p" * 48)
+    assert "sslmode=require" in secret["stringData"]["FEAST_REGISTRY_URL"]
+
+
+def test_feast_hpa_targets_the_deployment() -> None:
+    for stack in ("dev", "prod"):
+        (hpa,) = [m for m in manifests(_run(stack)) if m["kind"] == "HorizontalPodAutoscaler"]
+        assert hpa["apiVersion"] == "autoscaling/v2"
+        assert hpa["spec"]["scaleTargetRef"]["name"] == "feast"
+        assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+
+
+def test_prefect_workers_poll_each_pool_with_a_secret_key() -> None:
+    workers = [d for d in _deployments(_run("dev"))
+               if d["metadata"]["name"].startswith("prefect-worker")]  # fmt: skip
+    pools = set()
+    for worker in workers:
+        container = worker["spec"]["template"]["spec"]["containers"][0]
+        args = container["args"]
+        assert args[:3] == ["prefect", "worker", "start"]
+        assert args[args.index("--type") + 1] == "kubernetes"
+        pools.add(args[args.index("--pool") + 1])
+        env = {e["name"]: e for e in container["env"]}
+        assert env["PREFECT_API_URL"]["value"].startswith("https://")
+        assert "secretKeyRef" in env["PREFECT_API_KEY"]["valueFrom"]
+        assert worker["metadata"]["namespace"] == k8s_labels.FLOWS_NAMESPACE
+    assert pools == {k8s_labels.CPU_WORK_POOL, k8s_labels.GPU_WORK_POOL}
+
+
+def test_worker_rbac_can_run_jobs_but_nothing_cluster_wide() -> None:
+    run = _run("dev")
+    (role,) = [m for m in manifests(run) if m["kind"] == "Role"]
+    assert role["metadata"]["namespace"] == k8s_labels.FLOWS_NAMESPACE
+    jobs = next(r for r in role["rules"] if r["resources"] == ["jobs"])
+    assert "create" in jobs["verbs"]
+    assert all("*" not in r["verbs"] and "*" not in r["resources"] for r in role["rules"])
+    assert not [m for m in manifests(run) if m["kind"].startswith("Cluster")]
+
+
+def test_flows_service_account_is_irsa_annotated() -> None:
+    (sa,) = [m for m in manifests(_run("dev")) if m["kind"] == "ServiceAccount"
+             and m["metadata"]["name"] == k8s_labels.FLOWS_SERVICE_ACCOUNT]  # fmt: skip
+    assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam")
