@@ -1,4 +1,4 @@
-"""The one exception family users see. Messages name the input, the column or key, and what to do."""
+"""The one exception family users see: messages name the input, the key, and what to do."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ EVENT_TS = "__online_event_ts"
 
 @dataclass(frozen=True)
 class FeatureConsistency:
-    """Per-feature result: how many keys were compared and how many disagreed, and how."""
+    """Per-feature result: keys compared (stale ones excluded), how many disagreed, and how."""
 
     feature_view: str
     feature: str
@@ -57,6 +57,8 @@ class ConsistencyReport:
     mismatched_keys: dict[str, list[Any]] = field(default_factory=dict)
     missing_keys: list[Any] = field(default_factory=list)
     stale_keys: list[Any] = field(default_factory=list)
+    bad_keys: list[Any] = field(default_factory=list)
+    compared_keys: int = 0
 
 
 @dataclass(frozen=True)
@@ -178,16 +180,18 @@ def compare(
     missing = in_offline & ~in_online
     unexpected = in_online & ~in_offline & ~stale
     results, mismatched = [], {}
+    any_bad = missing | unexpected
     for name in features:
         equal = _values_equal(merged[name], merged[f"{name}__offline"], tolerance)
         differs = in_offline & in_online & ~equal
         bad_keys = [key_of[i] for i in np.flatnonzero(differs | missing | unexpected)]
         mismatched[name] = [key_of[i] for i in np.flatnonzero(differs)]
+        any_bad = any_bad | differs
         results.append(
             FeatureConsistency(
                 feature_view=feature_view,
                 feature=name,
-                compared=len(merged),
+                compared=int((~stale).sum()),
                 mismatches=int(differs.sum()),
                 missing_online=int(missing.sum()),
                 unexpected_online=int(unexpected.sum()),
@@ -202,14 +206,16 @@ def compare(
         features=results,
         mismatched_keys=mismatched,
         missing_keys=[key_of[i] for i in np.flatnonzero(missing)],
+        bad_keys=[key_of[i] for i in np.flatnonzero(any_bad)],
+        compared_keys=int((~stale).sum()),
         stale_keys=[key_of[i] for i in np.flatnonzero(stale)],
     )
 
 
 def decide(reports: list[ConsistencyReport], max_mismatch_rate: float) -> ConsistencyDecision:
-    """Consistent when the share of wrong (key, feature) cells stays at or under the threshold."""
-    cells = sum(f.compared for r in reports for f in r.features)
-    bad = sum(f.bad for r in reports for f in r.features)
+    """Consistent when the share of keys with a wrong or absent value stays within the threshold."""
+    cells = sum(r.compared_keys for r in reports)
+    bad = sum(len(r.bad_keys) for r in reports)
     rate = bad / cells if cells else 0.0
     reasons = [
         f"{f.feature_view}:{f.feature}: {f.mismatches} mismatched, {f.missing_online} missing "
@@ -219,8 +225,12 @@ def decide(reports: list[ConsistencyReport], max_mismatch_rate: float) -> Consis
         for f in r.features
         if f.bad
     ]
+    stale = sum(len(r.stale_keys) for r in reports)
     if not cells:
-        reasons.append("No entity keys were compared: nothing materialized at the watermark.")
+        reasons.append(
+            f"No entity key could be compared: {stale} sampled keys are older than the ttl at the "
+            "watermark, so the source is late or was never materialized (freshness breach)."
+        )
     consistent = bool(cells) and rate <= max_mismatch_rate
     return ConsistencyDecision(consistent, rate, max_mismatch_rate, reasons)
 

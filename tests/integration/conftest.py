@@ -6,7 +6,7 @@ import itertools
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -19,6 +19,14 @@ from mlre.settings import Settings
 
 _REDIS_DBS = itertools.count(1)
 SMALL = GeneratorConfig(n_customers=400, start=datetime(2026, 1, 1, tzinfo=UTC), days=6, seed=11)
+
+
+def recent_config(days: int = 6, n_customers: int = 400) -> GeneratorConfig:
+    """A small data set whose newest rows are from last midnight, so they are fresh now."""
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return GeneratorConfig(
+        n_customers=n_customers, start=today - timedelta(days=days), days=days, seed=11
+    )
 
 
 @dataclass

@@ -81,7 +81,10 @@ def test_keys_older_than_ttl_are_reported_stale_not_mismatched(make_feature_env)
         store, fv, engine.view_spec(store, fv), sample_size=50, seed=1, tolerance=0, watermark=late
     )
     assert len(report.stale_keys) == 50
-    assert all(f.bad == 0 for f in report.features)
+    assert all(f.bad == 0 and f.compared == 0 for f in report.features)
+    decision = checks.decide([report], max_mismatch_rate=0.5)
+    assert not decision.consistent
+    assert "older than the ttl" in decision.reasons[0]
     assert (
         read_online(store, fv, pd.DataFrame({"customer_id": [report.stale_keys[0]]}))[EVENT_TS]
         .notna()
