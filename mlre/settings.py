@@ -96,6 +96,8 @@ class Settings(BaseSettings):
             "MPLCONFIGDIR": str(self.home / "matplotlib"),
             "XDG_RUNTIME_DIR": str(self.tmp_dir),
             "XDG_CACHE_HOME": str(self.home / "cache"),
+            # MLflow writes an installation id to $XDG_CONFIG_HOME/mlflow (default ~/.config).
+            "XDG_CONFIG_HOME": str(self.home / "config"),
         }
 
     def client_env(self) -> dict[str, str]:
@@ -108,8 +110,17 @@ class Settings(BaseSettings):
 
     def ensure_dirs(self) -> None:
         """Create the runtime folders (called by commands, never on import)."""
-        for path in (self.home, self.lake_dir, self.data_dir, self.logs_dir, self.run_dir,
-                     self.tmp_dir, self.prefect_home, self.mlflow_dir, self.home / "matplotlib"):
+        for path in (
+            self.home,
+            self.lake_dir,
+            self.data_dir,
+            self.logs_dir,
+            self.run_dir,
+            self.tmp_dir,
+            self.prefect_home,
+            self.mlflow_dir,
+            self.home / "matplotlib",
+        ):
             path.mkdir(parents=True, exist_ok=True)
 
 

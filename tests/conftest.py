@@ -21,19 +21,32 @@ from tests.support.servers import (
 
 TEST_HOME = PROJECT_ROOT / ".mlre" / "test-home"
 SERVERS_ROOT = PROJECT_ROOT / ".mlre" / "test-servers"
+_SAVED_ENV: dict[str, str] = {}
 
 
-@pytest.fixture(scope="session", autouse=True)
-def mlre_test_env() -> Iterator[Path]:
-    """Point the settings at `.mlre/test-home` and export its environment for the whole run."""
-    saved = dict(os.environ)
+def pytest_configure(config: pytest.Config) -> None:
+    """Export the test home's environment before test modules (and what they import) load."""
+    _SAVED_ENV.update(os.environ)
     os.environ["MLRE_HOME"] = str(TEST_HOME)
     get_settings.cache_clear()
     apply_runtime_env(get_settings())
-    yield TEST_HOME
-    os.environ.clear()
-    os.environ.update(saved)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Give the process its environment back."""
+    if _SAVED_ENV:
+        os.environ.clear()
+        os.environ.update(_SAVED_ENV)
     get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mlre_test_env() -> Path:
+    """Settings point at `.mlre/test-home` (re-applied in case a test reset them)."""
+    os.environ["MLRE_HOME"] = str(TEST_HOME)
+    get_settings.cache_clear()
+    apply_runtime_env(get_settings())
+    return TEST_HOME
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,213 @@
+"""`mlre up | status | down` as a user runs them: real Prefect and MLflow servers on free ports in
+a private home under `.mlre/`, plus the process manager against real child processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+from mlre import platform
+from mlre.errors import PlatformError
+from mlre.settings import PROJECT_ROOT, Settings
+from tests.support.servers import free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+MLRE = str(Path(sys.executable).parent / "mlre")
+COMMAND_TIMEOUT_S = 150
+
+
+@dataclass
+class PrivatePlatform:
+    """A platform home and ports no other test or person uses."""
+
+    home: Path
+    prefect_port: int
+    mlflow_port: int
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "MLRE_HOME": str(self.home),
+            "MLRE_PREFECT_PORT": str(self.prefect_port),
+            "MLRE_MLFLOW_PORT": str(self.mlflow_port),
+            "MLRE_HEALTH_TIMEOUT_S": "120",
+        }
+
+    @property
+    def settings(self) -> Settings:
+        return Settings(
+            home=self.home, prefect_port=self.prefect_port, mlflow_port=self.mlflow_port
+        )
+
+    def mlre(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run the installed console script; a timeout fails the test instead of hanging it."""
+        return subprocess.run(
+            [MLRE, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT_S,
+            check=False,
+        )
+
+    def pids(self) -> dict[str, int]:
+        """PID of each recorded process, from the PID files."""
+        run = self.home / "run"
+        return {p.stem: json.loads(p.read_text())["pid"] for p in run.glob("*.pid")}
+
+
+@pytest.fixture
+def private_platform() -> Iterator[PrivatePlatform]:
+    """A fresh home under `.mlre/`; whatever the test leaves running is stopped by PID."""
+    home = PROJECT_ROOT / ".mlre" / f"e2e-{uuid.uuid4().hex[:8]}"
+    plat = PrivatePlatform(home=home, prefect_port=free_port(), mlflow_port=free_port())
+    try:
+        yield plat
+    finally:
+        platform.down(plat.settings)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an exited server waits a moment for init to reap it)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _healthy(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return bool(response.status == 200)
+
+
+def test_up_reuse_status_down(private_platform: PrivatePlatform) -> None:
+    plat = private_platform
+    prefect_url = f"http://127.0.0.1:{plat.prefect_port}"
+    mlflow_url = f"http://127.0.0.1:{plat.mlflow_port}"
+
+    started = time.monotonic()
+    first = plat.mlre("up")
+    cold_s = time.monotonic() - started
+    assert first.returncode == 0, first.stderr + first.stdout
+    assert _healthy(f"{prefect_url}/api/health")
+    assert _healthy(f"{mlflow_url}/health")
+    pids = plat.pids()
+    assert set(pids) == {"prefect", "mlflow"}
+    print(f"mlre up cold: {cold_s:.1f} s")
+
+    second = plat.mlre("up")
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.count("already running") == 2
+    assert plat.pids() == pids
+
+    shown = plat.mlre("status")
+    assert shown.returncode == 0, shown.stdout
+    assert prefect_url in shown.stdout
+    assert mlflow_url in shown.stdout
+    assert shown.stdout.count("healthy") == 2
+
+    stopped = plat.mlre("down")
+    assert stopped.returncode == 0, stopped.stderr
+    assert not any(_running(pid) for pid in pids.values())
+    assert plat.pids() == {}
+    assert plat.mlre("status").returncode == 1
+
+    again = plat.mlre("down")
+    assert again.returncode == 0
+    assert "nothing was running" in again.stdout
+
+
+@pytest.mark.parametrize("taken", ["prefect", "mlflow"])
+def test_foreign_process_on_port_is_a_clear_error(
+    private_platform: PrivatePlatform, taken: str
+) -> None:
+    plat = private_platform
+    port = plat.prefect_port if taken == "prefect" else plat.mlflow_port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as foreign:
+        foreign.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        foreign.bind(("127.0.0.1", port))
+        foreign.listen()
+        started = time.monotonic()
+        result = plat.mlre("up")
+        elapsed = time.monotonic() - started
+
+    assert result.returncode == 2
+    assert elapsed < 15, "a taken port must fail fast, before anything starts"
+    assert str(port) in result.stderr
+    assert taken in result.stderr
+    assert f"MLRE_{taken.upper()}_PORT=" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert plat.pids() == {}, "nothing may be left half-started"
+
+
+def test_stop_process_kills_the_whole_group(private_platform: PrivatePlatform) -> None:
+    settings = private_platform.settings
+    record = platform.start_process(
+        settings, "worker-test", ["sh", "-c", "sleep 300 & sleep 300 & wait"]
+    )
+    leader = psutil.Process(record.pid)
+    deadline = time.monotonic() + 5
+    while len(leader.children()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    family = [leader, *leader.children(recursive=True)]
+    assert len(family) == 3
+    assert platform.is_running(settings, "worker-test")
+
+    assert platform.stop_process(settings, "worker-test")
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in family)
+    assert not platform.pid_path(settings, "worker-test").exists()
+    assert not platform.stop_process(settings, "worker-test")
+
+
+def test_sigterm_ignored_escalates_to_sigkill(private_platform: PrivatePlatform) -> None:
+    settings = private_platform.settings
+    # The marker is computed so the log header (which echoes argv) cannot match it early.
+    code = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('ar' + 'med', flush=True); time.sleep(300)"
+    )
+    platform.start_process(settings, "worker-stubborn", [sys.executable, "-c", code])
+    log = platform.log_path(settings, "worker-stubborn")
+    deadline = time.monotonic() + 10
+    while "armed" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+    started = time.monotonic()
+    assert platform.stop_process(settings, "worker-stubborn", timeout_s=0.5)
+    elapsed = time.monotonic() - started
+    assert 0.5 <= elapsed < 5, "SIGTERM is ignored, so only SIGKILL after the grace period works"
+    assert not platform.is_running(settings, "worker-stubborn")
+
+
+def test_server_dying_at_start_up_shows_its_log(private_platform: PrivatePlatform) -> None:
+    settings = private_platform.settings
+    spec = platform.ServiceSpec(
+        name="doomed",
+        argv=("sh", "-c", "echo 'fatal: doomed-marker'; exit 3"),
+        host="127.0.0.1",
+        port=free_port(),
+        health_path="/health",
+        port_env="MLRE_DOOMED_PORT",
+    )
+    record = platform.start_process(settings, spec.name, spec.argv, port=spec.port)
+    started = time.monotonic()
+    with pytest.raises(PlatformError, match="doomed exited during start-up") as caught:
+        platform.wait_healthy(spec, settings, record)
+    assert time.monotonic() - started < 5
+    assert "fatal: doomed-marker" in str(caught.value)
