@@ -13,6 +13,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
@@ -73,6 +74,111 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     rows = platform.status(settings)
     _print_table(rows)
     return 0 if platform.services_healthy(rows, settings) else 1
+
+
+def _configure_generate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--customers", type=int, default=5_000, help="customers (default 5000)")
+    parser.add_argument("--days", type=int, default=30, help="days ending last midnight UTC")
+    parser.add_argument("--seed", type=int, default=7, help="generator seed (same seed, same data)")
+
+
+@command(
+    "generate",
+    help="generate, validate and land the demo source data",
+    configure=_configure_generate,
+)
+def _generate(args: argparse.Namespace, settings: Settings) -> int:
+    from mlre.data.lake import demo_config, land_demo_sources
+
+    config = demo_config(customers=args.customers, days=args.days, seed=args.seed)
+    _echo(f"generating {args.customers} customers x {args.days} days (seed {args.seed}) ...")
+    landed = land_demo_sources(config, settings.lake_dir, now=datetime.now(UTC))
+    for name, rows in landed.rows.items():
+        _echo(f"  {name:<24} {rows:>10,} rows  -> {landed.folders[name]}")
+    return 0
+
+
+def _configure_materialize(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mode", choices=["incremental", "backfill"], default="incremental")
+    parser.add_argument("--start", type=_utc_datetime, help="backfill start, ISO-8601 UTC")
+    parser.add_argument("--end", type=_utc_datetime, help="end, ISO-8601 UTC (default now)")
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--feature-view", action="append", dest="feature_views")
+
+
+@command("materialize", help="run the materialize-features flow", configure=_configure_materialize)
+def _materialize(args: argparse.Namespace, settings: Settings) -> int:
+    from flows.materialize import MaterializeParams, materialize_features
+
+    params = MaterializeParams(
+        mode=args.mode,
+        start=args.start,
+        end=args.end,
+        partitions=args.partitions,
+        feature_views=args.feature_views,
+    )
+    state = materialize_features(params, return_state=True)
+    for result in state.result():
+        _echo(
+            f"  {result.feature_view} partition {result.partition}: {result.keys:,} keys "
+            f"from {result.rows:,} rows in {result.seconds:.2f}s"
+        )
+    return 0
+
+
+def _configure_check(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sample-size", type=int, default=1_000)
+    parser.add_argument("--max-mismatch-rate", type=float, default=0.001)
+    parser.add_argument("--feature-view", action="append", dest="feature_views")
+
+
+@command(
+    "check-consistency",
+    help="run the validate-feature-consistency flow",
+    configure=_configure_check,
+)
+def _check(args: argparse.Namespace, settings: Settings) -> int:
+    from flows.consistency import ConsistencyParams, validate_feature_consistency
+
+    params = ConsistencyParams(
+        sample_size=args.sample_size,
+        max_mismatch_rate=args.max_mismatch_rate,
+        feature_views=args.feature_views,
+    )
+    state = validate_feature_consistency(params, return_state=True)
+    if state.is_failed():
+        print(f"inconsistent: {state.message}", file=sys.stderr)
+        return 1
+    decision = state.result()
+    _echo(
+        f"consistent: mismatch rate {decision.mismatch_rate:.4%} "
+        f"(threshold {decision.threshold:.4%})"
+    )
+    return 0
+
+
+def _configure_demo(parser: argparse.ArgumentParser) -> None:
+    _configure_generate(parser)
+    parser.add_argument("--regenerate", action="store_true", help="land fresh source data")
+
+
+@command("demo", help="run the whole pipeline on the local platform", configure=_configure_demo)
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from flows.demo import run_demo
+
+    platform.up(settings, echo=_echo)
+    if args.regenerate or not (settings.lake_dir / "sources").exists():
+        _generate(args, settings)
+    summary = run_demo(settings, echo=_echo)
+    _echo("")
+    for line in summary:
+        _echo(line)
+    return 0
+
+
+def _utc_datetime(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _print_table(rows: Sequence[ServiceStatus]) -> None:

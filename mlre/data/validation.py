@@ -337,8 +337,18 @@ def _frame_to_arrow(frame: pd.DataFrame, schema: SourceSchema, where: str) -> pa
     return pa.Table.from_arrays(arrays, names=names)
 
 
-def _check_frame_duplicates(frame: pd.DataFrame, schema: SourceSchema, where: str) -> None:
+def _duplicate_subset(schema: SourceSchema) -> list[str]:
+    """Columns that must be unique together.
+
+    A later `created` for the same (key, event time) is a correction that Feast resolves by
+    `created`, so it is legitimate; only rows equal in key, event time and created are ambiguous.
+    """
     subset = [*schema.key_columns, schema.timestamp_column]
+    return [*subset, schema.created_column] if schema.created_column else subset
+
+
+def _check_frame_duplicates(frame: pd.DataFrame, schema: SourceSchema, where: str) -> None:
+    subset = _duplicate_subset(schema)
     dup = frame.duplicated(subset=subset, keep=False)
     if dup.any():
         sample = frame.loc[dup, subset].head(_MAX_EXAMPLES).to_dict("records")
@@ -434,8 +444,8 @@ def _quote(column: str) -> str:
 
 
 def _check_file_duplicates(files: Sequence[Path], schema: SourceSchema, where: str) -> None:
-    """Duplicate (key, timestamp) rows within or across files, found out of core by DuckDB."""
-    subset = [*schema.key_columns, schema.timestamp_column]
+    """Duplicate (key, timestamp[, created]) rows within or across files, found by DuckDB."""
+    subset = _duplicate_subset(schema)
     cols = ", ".join(_quote(c) for c in subset)
     shown = ", ".join(f"CAST({_quote(c)} AS VARCHAR)" for c in subset)
     query = (

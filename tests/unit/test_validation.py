@@ -314,3 +314,15 @@ def test_schema_lists_keys_and_timestamps_first() -> None:
 def test_naive_now_is_rejected(daily: pd.DataFrame) -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         validate_frame(daily, DAILY_SCHEMA, source="d", now=datetime(2026, 3, 1))
+
+
+def test_corrections_with_a_later_created_pass_but_exact_repeats_do_not(
+    tmp_path: Path, daily: pd.DataFrame
+) -> None:
+    correction = daily.head(3).copy()
+    correction["created"] = correction["created"] + pd.Timedelta(hours=1)
+    corrected = pd.concat([daily, correction], ignore_index=True)
+    validate_frame(corrected, DAILY_SCHEMA, source="daily", now=NOW)
+    repeated = pd.concat([daily, daily.head(3)], ignore_index=True)
+    with pytest.raises(SourceDataError, match="same key and timestamp"):
+        validate_frame(repeated, DAILY_SCHEMA, source="daily", now=NOW)

@@ -1,0 +1,55 @@
+"""Land the demo's source data in the lake: generate, validate, then write (never the reverse)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from mlre.data.generator import GeneratorConfig, Scenario, generate_sources, write_sources
+from mlre.data.validation import schemas_for_demo, validate_frame
+
+
+@dataclass(frozen=True)
+class LandedSources:
+    """What `land_demo_sources` wrote: rows per source, the folders, the window."""
+
+    rows: dict[str, int]
+    folders: dict[str, Path]
+    start: datetime
+    end: datetime
+
+
+def demo_config(
+    *,
+    customers: int,
+    days: int,
+    seed: int,
+    end: datetime | None = None,
+    scenario: Scenario | None = None,
+) -> GeneratorConfig:
+    """A config whose newest daily rows are stamped at `end` (default: last UTC midnight)."""
+    end = end or datetime.now(UTC)
+    midnight = end.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return GeneratorConfig(
+        n_customers=customers,
+        start=midnight - timedelta(days=days),
+        days=days,
+        seed=seed,
+        scenario=scenario or Scenario(),
+    )
+
+
+def land_demo_sources(config: GeneratorConfig, lake_dir: Path, *, now: datetime) -> LandedSources:
+    """Generate the three sources, validate each against its schema, then write them."""
+    sources = generate_sources(config)
+    schemas = schemas_for_demo()
+    for name, frame in sources.items():
+        validate_frame(frame, schemas[name], source=name, now=now)
+    folders = write_sources(sources, lake_dir)
+    return LandedSources(
+        rows={name: len(frame) for name, frame in sources.items()},
+        folders=folders,
+        start=config.start,
+        end=config.end,
+    )
