@@ -84,3 +84,19 @@ def make_feature_env(
         return FeatureEnv(settings=settings, store=store, config=config)
 
     return build
+
+
+# --- MLflow (appended: imports kept with the fixture so the block above stays untouched) ---
+from pathlib import Path  # noqa: E402
+
+from tests.support.mlflow_server import MlflowServer, start_mlflow  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(servers_root: Path) -> Iterator[MlflowServer]:
+    """A real, lean MLflow server (`tracking_uri`, `kill()`, `restart()`), SQLite-backed."""
+    server = start_mlflow(servers_root)
+    try:
+        yield server
+    finally:
+        server.stop()
