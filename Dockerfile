@@ -1,0 +1,68 @@
+# syntax=docker/dockerfile:1
+# The flows image for the k8s-cpu and k8s-gpu work pools: the locked runtime packages, the flows,
+# the core package and the feature repo; no compiler, no tests, no infra code. From the repo root:
+#   docker build -t "$MLRE_IMAGE_REPO:$(git rev-parse --short HEAD)" .
+#
+# The base is pinned to a full patch version so a rebuild gets the same Python. Tags move when
+# Debian patches land, so for reproducible, tamper-evident builds also pin the digest once it can
+# be resolved (`docker buildx imagetools inspect python:3.11.14-slim-bookworm`), in BOTH stages:
+#   FROM python:3.11.14-slim-bookworm@sha256:<digest>
+# Both stages must use the same base: the venv's interpreter is a symlink to /usr/local/bin/python.
+# CUDA comes from the wheels (torch etc. would bring their own) and the NVIDIA device plugin on the
+# node; the GPU pool needs no CUDA base image for the sklearn models trained today.
+
+FROM python:3.11.14-slim-bookworm AS builder
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+
+# pip freeze leaves pip and setuptools out of constraints.txt: pin the build tools here, and
+# build the package without isolation below so nothing unpinned is fetched to build it.
+COPY constraints.txt ./
+RUN python -m venv /opt/venv \
+    && pip install --no-cache-dir -c constraints.txt pip==26.3 setuptools==84.2.1
+
+COPY pyproject.toml README.md ./
+COPY mlre/ mlre/
+COPY flows/ flows/
+# The lock decides every version: `.` brings only the runtime dependencies (no infra, no dev extras).
+# Wheels only: the slim base has no compiler, and an sdist build would be an unlocked toolchain.
+RUN pip install --no-cache-dir --no-build-isolation --only-binary=:all: -c constraints.txt .
+
+# Fail the build, not a scheduled run hours later, when a flow cannot import in this venv.
+COPY deploy/image_check.py deploy/
+RUN python deploy/image_check.py
+
+
+FROM python:3.11.14-slim-bookworm AS runtime
+
+# A fixed, numeric non-root uid/gid: Kubernetes can only verify runAsNonRoot for a numeric USER,
+# and the work pools' securityContext (mlre/work_pools.py) runs pods as this same uid.
+RUN groupadd --system --gid 10001 mlre \
+    && useradd --system --no-log-init --uid 10001 --gid mlre --create-home --home-dir /home/mlre \
+        --shell /usr/sbin/nologin mlre
+
+# Runtime state goes under /tmp (an emptyDir in the pod), never into the image's code folder.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PYTHONPATH=/opt/mlre \
+    MLRE_HOME=/tmp/mlre \
+    PREFECT_HOME=/tmp/prefect \
+    MPLCONFIGDIR=/tmp/matplotlib
+# PYTHONPATH: `mlre` resolves to /opt/mlre (next to feature_repo/), not to the venv's copy.
+WORKDIR /opt/mlre
+
+COPY --from=builder /opt/venv /opt/venv
+COPY feature_repo/ feature_repo/
+COPY mlre/ mlre/
+COPY flows/ flows/
+COPY deploy/image_check.py deploy/
+
+USER 10001:10001
+
+# CMD, not ENTRYPOINT: the Kubernetes worker sets the container's args per flow run
+# (`prefect flow-run execute`), which replace CMD but would be appended to an ENTRYPOINT.
+CMD ["python", "deploy/image_check.py"]
