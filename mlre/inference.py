@@ -86,7 +86,7 @@ def load_champion(tracking_uri: str, model_name: str) -> tuple[Any, str, str]:
         )
     service = _feature_service_of(client, version)
     # Load by number, not by alias: the alias may move between the two reads.
-    return _load_version(tracking_uri, model_name, version.version), version.version, service
+    return load_version(tracking_uri, model_name, version.version), version.version, service
 
 
 def _feature_service_of(client: Any, version: Any) -> str:
@@ -103,12 +103,15 @@ def _feature_service_of(client: Any, version: Any) -> str:
     return str(service)
 
 
-def _load_version(tracking_uri: str, model_name: str, version: str) -> Any:
+def load_version(tracking_uri: str, model_name: str, version: str) -> Any:
     """Download one model version into a temp dir and load it into memory."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     uri = f"models:/{model_name}/{version}"
+    previous = mlflow.get_tracking_uri()
+    # `mlflow-artifacts:/` locations resolve against the global tracking URI, whatever is passed.
+    mlflow.set_tracking_uri(tracking_uri)
     try:
         with tempfile.TemporaryDirectory(prefix="mlre-model-") as tmp:
             local = mlflow.artifacts.download_artifacts(
@@ -120,6 +123,8 @@ def _load_version(tracking_uri: str, model_name: str, version: str) -> Any:
             f"Could not load {uri} from {tracking_uri}: {exc.message}. Check that the version "
             "was logged with the sklearn flavor and its artifacts are reachable."
         ) from exc
+    finally:
+        mlflow.set_tracking_uri(previous)
 
 
 # --------------------------------------------------------------------------------------------

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Interface local servers bind to.")
     prefect_port: int = 4200
     mlflow_port: int = 5000
+    mlflow_uri: str = Field("", description="Remote MLflow tracking URI (default: the local one).")
+    model_name: str = Field("fraud-detector", description="Registered model the flows manage.")
     health_timeout_s: float = Field(60.0, description="How long `mlre up` waits for health.")
     stop_timeout_s: float = Field(15.0, description="SIGTERM grace period before SIGKILL.")
 
@@ -80,7 +82,7 @@ class Settings(BaseSettings):
 
     @property
     def mlflow_tracking_uri(self) -> str:
-        return f"http://{self.host}:{self.mlflow_port}"
+        return self.mlflow_uri or f"http://{self.host}:{self.mlflow_port}"
 
     def runtime_env(self) -> dict[str, str]:
         """Environment every platform process needs: state under `home`, telemetry off."""

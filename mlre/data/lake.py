@@ -6,8 +6,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+
 from mlre.data.generator import GeneratorConfig, Scenario, generate_sources, write_sources
 from mlre.data.validation import schemas_for_demo, validate_frame
+from mlre.errors import SourceDataError
 
 
 @dataclass(frozen=True)
@@ -53,3 +59,27 @@ def land_demo_sources(config: GeneratorConfig, lake_dir: Path, *, now: datetime)
         start=config.start,
         end=config.end,
     )
+
+
+def read_events(
+    folder: Path | str,
+    *,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    timestamp_column: str = "event_timestamp",
+) -> pd.DataFrame:
+    """Rows of a parquet source folder with start <= timestamp < end (filter pushed to the scan)."""
+    files = sorted(str(p) for p in Path(folder).glob("*.parquet") if not p.name.startswith("."))
+    if not files:
+        raise SourceDataError(
+            f"Source folder {folder} holds no parquet files; land the data first (mlre generate)."
+        )
+    dataset = pads.dataset(files, format="parquet")
+    condition = None
+    ts = pc.field(timestamp_column)
+    if start is not None:
+        condition = ts >= pa.scalar(start, pa.timestamp("us", tz="UTC"))
+    if end is not None:
+        upper = ts < pa.scalar(end, pa.timestamp("us", tz="UTC"))
+        condition = upper if condition is None else condition & upper
+    return dataset.to_table(filter=condition).to_pandas()

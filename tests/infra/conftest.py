@@ -10,7 +10,7 @@ import pytest
 # `infra` is a top-level folder, not an installed package; make `import infra.*` work.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from infra_harness import Run, run_stack
+from tests.infra.infra_harness import Run, run_stack
 
 STACKS = ("dev", "prod")
 

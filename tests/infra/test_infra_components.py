@@ -6,12 +6,12 @@ import json
 import runpy
 
 import pytest
-from infra_harness import ROOT, Run, run_mocked, run_stack
 
 from infra.iam import document, s3_access_statements
 from infra.node_pools import gpu_node_template_tags
 from infra.policy.iam_allowlist import UNSCOPABLE_READ_ACTIONS
 from mlre import k8s_labels
+from tests.infra.infra_harness import ROOT, Run, run_mocked, run_stack
 
 pytestmark = pytest.mark.infra
 

@@ -6,9 +6,9 @@ import re
 
 import pytest
 import yaml
-from infra_harness import ROOT, project_defaults, run_mocked, stack_config
 
 from infra.config import InfraConfigError, load_config, parse_gpu_pool
+from tests.infra.infra_harness import ROOT, project_defaults, run_mocked, stack_config
 
 pytestmark = pytest.mark.infra
 

@@ -6,9 +6,9 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from infra_harness import Run, manifests, run_stack
 
 from mlre import k8s_labels
+from tests.infra.infra_harness import Run, manifests, run_stack
 
 pytestmark = pytest.mark.infra
 

@@ -6,9 +6,9 @@ import json
 from typing import Any
 
 import pytest
-from infra_harness import Run, violations
 
 from infra.policy import rules
+from tests.infra.infra_harness import Run, violations
 
 pytestmark = pytest.mark.infra
 
@@ -198,7 +198,7 @@ def test_restricted_public_endpoint_is_allowed() -> None:
 
 
 def test_pack_entrypoint_uses_only_rules_module() -> None:
-    from infra_harness import ROOT
+    from tests.infra.infra_harness import ROOT
 
     source = (ROOT / "infra" / "policy" / "__main__.py").read_text()
     assert "PolicyPack(" in source

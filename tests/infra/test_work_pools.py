@@ -7,7 +7,6 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from infra_harness import Run
 from prefect.server.schemas.actions import WorkPoolCreate
 from prefect.utilities.schema_tools import ValidationError, is_valid_schema, validate
 from prefect.utilities.templating import apply_values
@@ -16,6 +15,7 @@ from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
 from infra.node_pools import EKS_TAINT_EFFECT
 from mlre import k8s_labels, work_pools
 from mlre.errors import ConfigError
+from tests.infra.infra_harness import Run
 
 pytestmark = pytest.mark.infra
 

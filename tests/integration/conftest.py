@@ -60,6 +60,31 @@ def _fresh_database(admin_url: str) -> str:
     return f"{base.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
 
 
+def build_feature_env(
+    tmp_path_factory: pytest.TempPathFactory,
+    profile: str = "local",
+    config: GeneratorConfig = SMALL,
+    request: pytest.FixtureRequest | None = None,
+) -> FeatureEnv:
+    """A private home with generated sources and an applied store of `profile`."""
+    home = tmp_path_factory.mktemp(f"home-{profile}")
+    overrides: dict[str, object] = {"home": home, "store_profile": profile}
+    if profile == "production":
+        assert request is not None, "the production profile needs the server fixtures"
+        redis_server = request.getfixturevalue("redis_server")
+        postgres = request.getfixturevalue("postgres_server")
+        db = next(_REDIS_DBS) % 16
+        redis.Redis(host=redis_server.host, port=redis_server.port, db=db).flushdb()
+        overrides["redis_connection_string"] = f"{redis_server.connection_string},db={db}"
+        overrides["registry_uri"] = _fresh_database(postgres.sqlalchemy_url)
+    settings = Settings(**overrides)
+    settings.ensure_dirs()
+    write_sources(generate_sources(config), settings.lake_dir)
+    store = open_store(settings)
+    apply_repo(store, settings.feature_repo, settings)
+    return FeatureEnv(settings=settings, store=store, config=config)
+
+
 @pytest.fixture
 def make_feature_env(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
@@ -67,21 +92,7 @@ def make_feature_env(
     """Factory: `make_feature_env("local" | "production", config=...)` builds a fresh store."""
 
     def build(profile: str = "local", config: GeneratorConfig = SMALL) -> FeatureEnv:
-        home = tmp_path_factory.mktemp(f"home-{profile}")
-        overrides: dict[str, object] = {"home": home, "store_profile": profile}
-        if profile == "production":
-            redis_server = request.getfixturevalue("redis_server")
-            postgres = request.getfixturevalue("postgres_server")
-            db = next(_REDIS_DBS) % 16
-            redis.Redis(host=redis_server.host, port=redis_server.port, db=db).flushdb()
-            overrides["redis_connection_string"] = f"{redis_server.connection_string},db={db}"
-            overrides["registry_uri"] = _fresh_database(postgres.sqlalchemy_url)
-        settings = Settings(**overrides)
-        settings.ensure_dirs()
-        write_sources(generate_sources(config), settings.lake_dir)
-        store = open_store(settings)
-        apply_repo(store, settings.feature_repo, settings)
-        return FeatureEnv(settings=settings, store=store, config=config)
+        return build_feature_env(tmp_path_factory, profile, config, request)
 
     return build
 

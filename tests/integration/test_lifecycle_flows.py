@@ -1,0 +1,133 @@
+"""The model lifecycle flows through a real Prefect server (harness) and a real MLflow server."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from mlflow import MlflowClient
+
+from flows.evaluation import EvaluateParams, evaluate_model
+from flows.pipeline import PipelineParams, ml_pipeline
+from flows.promotion import rollback_model
+from flows.training import TrainParams, train_model
+from mlre import registry
+from mlre.evaluation import GateConfig
+from mlre.inference import read_predictions
+from mlre.settings import get_settings
+from tests.integration.conftest import recent_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+TRAIN = TrainParams(model_family="random_forest", validation_days=3, test_days=3)
+
+
+@pytest.fixture(scope="module")
+def lifecycle_store(tmp_path_factory):
+    """One materialized local store shared by the lifecycle tests (features are read-only here)."""
+    from tests.integration.conftest import build_feature_env
+
+    return build_feature_env(tmp_path_factory, "local", recent_config(days=16, n_customers=1_200))
+
+
+@pytest.fixture
+def lifecycle(lifecycle_store, mlflow_server, prefect_harness, monkeypatch):
+    """Environment the flows read: private home, real MLflow, a fresh registered-model name."""
+    model_name = f"fraud-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("MLRE_HOME", str(lifecycle_store.settings.home))
+    monkeypatch.setenv("MLRE_MLFLOW_URI", mlflow_server.tracking_uri)
+    monkeypatch.setenv("MLRE_MODEL_NAME", model_name)
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
+    get_settings.cache_clear()
+    yield lifecycle_store, MlflowClient(mlflow_server.tracking_uri), model_name
+    get_settings.cache_clear()
+
+
+def _aliases(client: MlflowClient, model_name: str) -> dict[str, str]:
+    return dict(client.get_registered_model(model_name).aliases)
+
+
+def test_pipeline_promotes_first_model_then_gates_the_second(lifecycle) -> None:
+    env, client, model_name = lifecycle
+    first = ml_pipeline(PipelineParams(train=TRAIN))
+    assert first.promoted, first.gate.reasons
+    assert _aliases(client, model_name) == {registry.CHAMPION: first.version}
+    version_tags = client.get_model_version(model_name, first.version).tags
+    assert version_tags["gate.passed"] == "true"
+    assert version_tags["feature_service"] == "fraud_model_v1"
+    predictions = read_predictions(env.settings.lake_dir, model_name)
+    assert len(predictions) == first.scored["scored"] > 0
+    assert set(predictions["model_version"]) == {first.version}
+
+    second = ml_pipeline(PipelineParams(train=TRAIN.model_copy(update={"seed": 1})))
+    assert second.gate.champion_version == first.version  # judged against the first champion
+    aliases = _aliases(client, model_name)
+    if second.promoted:
+        assert aliases == {
+            registry.CHAMPION: second.version,
+            registry.PREVIOUS_CHAMPION: first.version,
+        }
+    else:
+        assert aliases[registry.CHAMPION] == first.version
+    history = registry.history(client, model_name)
+    assert [r.to_version for r in history] == [first.version] + (
+        [second.version] if second.promoted else []
+    )
+
+
+def test_refused_first_model_leaves_no_champion_and_skips_inference(lifecycle) -> None:
+    _, client, model_name = lifecycle
+    summary = ml_pipeline(PipelineParams(train=TRAIN, gate=GateConfig(min_roc_auc=0.999)))
+    assert not summary.promoted
+    assert summary.champion_version is None
+    assert summary.scored is None
+    assert any("ROC AUC" in reason for reason in summary.gate.reasons)
+    assert _aliases(client, model_name) == {}
+    assert client.get_model_version(model_name, summary.version).tags["gate.passed"] == "false"
+
+
+def test_refusal_keeps_the_champion_and_rollback_restores_the_previous(lifecycle) -> None:
+    _env, client, model_name = lifecycle
+    first = ml_pipeline(PipelineParams(train=TRAIN))
+    second = ml_pipeline(
+        PipelineParams(
+            train=TRAIN.model_copy(update={"seed": 2}),
+            gate=GateConfig(max_auc_drop=1.0, max_pr_auc_drop=1.0, max_slice_auc_drop=1.0),
+        )
+    )
+    assert second.promoted
+    refused = ml_pipeline(PipelineParams(train=TRAIN, gate=GateConfig(min_roc_auc=0.999)))
+    assert not refused.promoted
+    assert _aliases(client, model_name)[registry.CHAMPION] == second.version
+
+    record = rollback_model(model_name, reason="canary looked wrong")
+    assert record.to_version == first.version
+    assert _aliases(client, model_name) == {registry.CHAMPION: first.version}
+    assert registry.history(client, model_name)[-1].reason == "canary looked wrong"
+
+
+def test_dry_run_writes_nothing_to_the_registry(lifecycle) -> None:
+    _, client, model_name = lifecycle
+    trained = train_model(TRAIN)
+    before = client.get_model_version(model_name, trained.version).tags
+    outcome = evaluate_model(
+        EvaluateParams(
+            version=trained.version,
+            window_start=trained.test_start,
+            window_end=trained.test_end,
+            dry_run=True,
+        )
+    )
+    assert outcome.dry_run
+    assert client.get_model_version(model_name, trained.version).tags == before
+    assert _aliases(client, model_name) == {}
+
+
+def test_empty_training_window_fails_clearly_and_touches_nothing(lifecycle) -> None:
+    env, client, model_name = lifecycle
+    future = env.config.end + timedelta(days=30)
+    state = train_model(TRAIN.model_copy(update={"start": future}), return_state=True)
+    assert state.is_failed()
+    message = str(state.result(raise_on_failure=False))
+    assert "empty" in message.lower() or "no label" in message.lower()
+    assert model_name not in [m.name for m in client.search_registered_models()]
