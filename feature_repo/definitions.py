@@ -46,7 +46,7 @@ customer_hourly_stats_source = FileSource(
     description="Hourly card-activity aggregates per customer, active hours only.",
 )
 
-# What a customer's spending looked like yesterday; a value older than two days is treated as missing.
+# What a customer spent yesterday; a value older than two days is treated as missing.
 customer_daily_stats_fv = FeatureView(
     name="customer_daily_stats_fv",
     entities=[customer],

@@ -26,6 +26,9 @@ class ConsistencyParams(BaseModel):
     seed: int = Field(0, description="Sampling seed (same seed, same keys).")
     tolerance: float = Field(1e-6, ge=0, description="Numeric tolerance (relative and absolute).")
     max_mismatch_rate: float = Field(0.001, ge=0, le=1, description="Fail above this share.")
+    offline_reader: Literal["duckdb", "feast"] = Field(
+        "duckdb", description="duckdb reads only the TTL window; feast uses its own PIT join."
+    )
 
 
 @task(name="check-view-consistency", retries=2, retry_delay_seconds=[2, 5])
@@ -40,6 +43,7 @@ def check_view(params: ConsistencyParams, view: str) -> checks.ConsistencyReport
         sample_size=params.sample_size,
         seed=params.seed,
         tolerance=params.tolerance,
+        offline_reader=params.offline_reader,
     )
 
 

@@ -26,7 +26,9 @@ class MaterializeParams(BaseModel):
     mode: Literal["incremental", "backfill"] = "incremental"
     start: datetime | None = Field(None, description="Backfill start (UTC, inclusive).")
     end: datetime | None = Field(None, description="End (UTC, inclusive; default now).")
-    partitions: int = Field(4, ge=1, le=256, description="Entity hash partitions (tasks).")
+    partitions: int | None = Field(
+        None, ge=1, le=256, description="Entity hash partitions (default: ~5,000 keys each)."
+    )
     memory_limit_mb: int = Field(512, ge=64, description="DuckDB memory limit per partition.")
     validate_sources: bool = Field(True, description="Validate source files before reading.")
 
@@ -50,14 +52,15 @@ def validate_source(repo_path: str | None, store_profile: str | None, view: str)
 @task(name="plan-window")
 def plan_window(
     repo_path: str | None, store_profile: str | None, view: str, params: MaterializeParams
-) -> engine.Window | None:
-    """The interval this run materializes for one view (None: nothing new)."""
+) -> tuple[engine.Window, int] | None:
+    """The interval this run materializes for one view and its partition count (None: nothing)."""
     store = store_for(repo_path, store_profile)
     feature_view = store.get_feature_view(view, allow_registry_cache=False)
+    spec = engine.view_spec(store, feature_view)
     source_start = None
     if params.mode == "incremental" and feature_view.most_recent_end_time is None:
-        source_start, _ = engine.source_time_range(engine.view_spec(store, feature_view))
-    return engine.plan_window(
+        source_start, _ = engine.source_time_range(spec)
+    window = engine.plan_window(
         params.mode,
         start=params.start,
         end=params.end,
@@ -65,6 +68,10 @@ def plan_window(
         source_start=source_start,
         now=engine.utcnow(),
     )
+    if window is None:
+        return None
+    partitions = params.partitions or engine.suggest_partitions(engine.count_keys(spec, window))
+    return window, partitions
 
 
 @task(name="materialize-partition", retries=3, retry_delay_seconds=[2, 5, 15])
@@ -151,24 +158,24 @@ def materialize_features(params: MaterializeParams | None = None) -> list[engine
     windows: dict[str, engine.Window] = {}
     results: list[engine.PartitionResult] = []
     for view in views:
-        window = plan_window(repo, profile, view, params)
-        if window is None:
+        plan = plan_window(repo, profile, view, params)
+        if plan is None:
             logger.info("%s: nothing new to materialize", view)
             continue
+        window, partitions = plan
         windows[view] = window
         futures = materialize_partition.map(
             unmapped(repo),
             unmapped(profile),
             unmapped(view),
             window=unmapped(window),
-            partition=range(params.partitions),
-            partitions=unmapped(params.partitions),
+            partition=range(partitions),
+            partitions=unmapped(partitions),
             memory_limit_mb=unmapped(params.memory_limit_mb),
         )
-        results.extend(futures.result())
+        written = futures.result()
+        results.extend(written)
         record_interval(repo, profile, view, window)
-        logger.info(
-            "%s: %s keys written", view, sum(r.keys for r in results if r.feature_view == view)
-        )
+        logger.info("%s: %s keys in %s partitions", view, sum(r.keys for r in written), partitions)
     _report(results, windows)
     return results

@@ -27,11 +27,17 @@ def _materialized(make_feature_env, profile: str):
     return env
 
 
-def _check(env, sample_size: int = 10_000) -> checks.ConsistencyReport:
+def _check(env, sample_size: int = 10_000, reader: str = "duckdb") -> checks.ConsistencyReport:
     store = env.reopen()
     fv = store.get_feature_view(VIEW)
     return checks.check_view(
-        store, fv, engine.view_spec(store, fv), sample_size=sample_size, seed=3, tolerance=1e-9
+        store,
+        fv,
+        engine.view_spec(store, fv),
+        sample_size=sample_size,
+        seed=3,
+        tolerance=1e-9,
+        offline_reader=reader,
     )
 
 
@@ -44,8 +50,10 @@ def test_clean_store_is_consistent(make_feature_env, profile: str) -> None:
     assert all(f.bad == 0 for f in report.features)
 
 
-@pytest.mark.parametrize("profile", ["local", "production"])
-def test_planted_skew_is_found_exactly(make_feature_env, profile: str) -> None:
+@pytest.mark.parametrize(
+    ("profile", "reader"), [("local", "duckdb"), ("production", "duckdb"), ("local", "feast")]
+)
+def test_planted_skew_is_found_exactly(make_feature_env, profile: str, reader: str) -> None:
     env = _materialized(make_feature_env, profile)
     store = env.reopen()
     fv = store.get_feature_view(VIEW)
@@ -58,7 +66,7 @@ def test_planted_skew_is_found_exactly(make_feature_env, profile: str) -> None:
     overwrite_online_values(store, VIEW, current, "preferred_channel", skewed_channel)
     delete_online_keys(store, fv, deleted)
 
-    report = _check(env)
+    report = _check(env, reader=reader)
 
     by_feature = {f.feature: f for f in report.features}
     assert sorted(report.mismatched_keys["txn_amount_sum_1d"]) == skewed_amount
@@ -90,3 +98,18 @@ def test_keys_older_than_ttl_are_reported_stale_not_mismatched(make_feature_env)
         .notna()
         .all()
     )
+
+
+def test_duckdb_and_feast_offline_readers_agree_value_for_value(make_feature_env) -> None:
+    env = _materialized(make_feature_env, "local")
+    store = env.reopen()
+    fv = store.get_feature_view(VIEW)
+    spec = engine.view_spec(store, fv)
+    keys = checks.sample_keys(spec, fv.most_recent_end_time, 400, seed=0)
+    for watermark in (fv.most_recent_end_time, env.config.start + timedelta(days=3, hours=5)):
+        ours = checks.read_offline_duckdb(spec, keys, watermark, fv.ttl)
+        feast = checks.read_offline(store, fv, keys, watermark)
+        ours = ours.sort_values("customer_id").reset_index(drop=True)
+        feast = feast[ours.columns].sort_values("customer_id").reset_index(drop=True)
+        assert len(ours) == len(feast) > 0
+        pd.testing.assert_frame_equal(ours, feast, check_dtype=False)
