@@ -26,7 +26,9 @@ class BatchInferenceParams(BaseModel):
         "sources/transactions", description="Events to score, under the lake."
     )
     start: datetime | None = Field(None, description="Window start (default: end - 1 day).")
-    end: datetime | None = Field(None, description="Window end, exclusive (default: now).")
+    end: datetime | None = Field(
+        None, description="Window end, exclusive (default: last UTC midnight)."
+    )
     drop_columns: list[str] = Field(
         default_factory=lambda: ["is_fraud"],
         description="Columns never sent to the model (labels).",
@@ -37,7 +39,8 @@ class BatchInferenceParams(BaseModel):
 def load_requests(params: BatchInferenceParams) -> pd.DataFrame:
     """The events of the window, without their labels."""
     settings = runtime_settings()
-    end = params.end or datetime.now(UTC)
+    # Default: the previous full UTC day, what a daily batch job scores.
+    end = params.end or datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     start = params.start or end - timedelta(days=1)
     events = read_events(settings.lake_dir / params.request_source, start=start, end=end)
     return events.drop(columns=[c for c in params.drop_columns if c in events.columns])

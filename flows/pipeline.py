@@ -61,7 +61,7 @@ def ml_pipeline(params: PipelineParams | None = None) -> PipelineSummary:
     )
     promote = outcome.passed and params.auto_promote and not params.dry_run
     if promote:
-        promote_model(trained.model_name, trained.version, reason="; ".join(outcome.reasons))
+        promote_model(trained.model_name, trained.version, reason=outcome.reasons[0])
     champion = trained.version if promote else outcome.champion_version
     scored = None
     if champion:  # the very first model was refused: nothing may serve predictions yet

@@ -159,6 +159,75 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _configure_promote(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("version", nargs="?", help="version to promote (default: the challenger)")
+    parser.add_argument("--model", help="registered model (default: MLRE_MODEL_NAME)")
+    parser.add_argument("--reason", default="manual promotion", help="why (kept in the audit)")
+    parser.add_argument("--force", action="store_true", help="promote a version the gate refused")
+
+
+@command(
+    "promote",
+    help="move the champion alias (runs the promote-model flow)",
+    configure=_configure_promote,
+)
+def _promote(args: argparse.Namespace, settings: Settings) -> int:
+    from flows.promotion import promote_model
+
+    record = promote_model(args.model, args.version, args.reason, args.force)
+    _echo(
+        f"{args.model or settings.model_name}: champion {record.from_version} -> "
+        f"{record.to_version} ({record.action})"
+    )
+    return 0
+
+
+def _configure_rollback(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="registered model (default: MLRE_MODEL_NAME)")
+    parser.add_argument("--reason", required=True, help="why (kept in the audit)")
+
+
+@command(
+    "rollback",
+    help="restore the previous champion (runs the rollback-model flow)",
+    configure=_configure_rollback,
+)
+def _rollback(args: argparse.Namespace, settings: Settings) -> int:
+    from flows.promotion import rollback_model
+
+    record = rollback_model(args.model, args.reason)
+    _echo(
+        f"{args.model or settings.model_name}: champion {record.from_version} -> "
+        f"{record.to_version} (rollback)"
+    )
+    return 0
+
+
+@command(
+    "history",
+    help="the registered model's promotion audit trail",
+    configure=lambda p: p.add_argument("--model", help="default: MLRE_MODEL_NAME"),
+)
+def _history(args: argparse.Namespace, settings: Settings) -> int:
+    from mlflow import MlflowClient
+
+    from mlre import registry
+
+    name = args.model or settings.model_name
+    records = registry.history(MlflowClient(settings.mlflow_tracking_uri), name)
+    header = ("SEQ", "WHEN", "ACTION", "FROM", "TO", "ACTOR", "REASON")
+    rows = [header] + [
+        (str(r.seq), r.when, r.action, str(r.from_version or "-"), r.to_version, r.actor, r.reason)
+        for r in records
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    for row in rows:
+        print("  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]))
+    if not records:
+        _echo(f"(no promotions of {name!r} yet)")
+    return 0
+
+
 def _configure_demo(parser: argparse.ArgumentParser) -> None:
     _configure_generate(parser)
     parser.add_argument("--regenerate", action="store_true", help="land fresh source data")

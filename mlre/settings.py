@@ -100,6 +100,9 @@ class Settings(BaseSettings):
             "XDG_CACHE_HOME": str(self.home / "cache"),
             # MLflow writes an installation id to $XDG_CONFIG_HOME/mlflow (default ~/.config).
             "XDG_CONFIG_HOME": str(self.home / "config"),
+            # MLflow 3.17 refuses to load sklearn models without it, even skops-saved ones; the
+            # registry only holds models this platform trained and logged itself.
+            "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true",
         }
 
     def client_env(self) -> dict[str, str]:
