@@ -102,9 +102,7 @@ def _configure_materialize(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=["incremental", "backfill"], default="incremental")
     parser.add_argument("--start", type=_utc_datetime, help="backfill start, ISO-8601 UTC")
     parser.add_argument("--end", type=_utc_datetime, help="end, ISO-8601 UTC (default now)")
-    parser.add_argument(
-        "--partitions", type=int, help="hash partitions (default: ~5,000 keys each)"
-    )
+    parser.add_argument("--partitions", type=int, default=4, help="hash partitions (write tasks)")
     parser.add_argument("--feature-view", action="append", dest="feature_views")
 
 

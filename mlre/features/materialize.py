@@ -1,11 +1,12 @@
 """Bounded, idempotent materialization into the online store.
 
 Feast's own `materialize` loads the whole time range into memory (feast issues 2594, 6307) and
-cutting the range into time windows rewrites every key once per window. Here the latest row per
-entity is computed out of core by DuckDB over the parquet source (with a memory limit) for one hash
-partition of the entity keys at a time, streamed in record batches and written through Feast's own
-online-write path, so every key is written exactly once and memory stays flat however large the
-range. Partitions are independent units of work that any task runner can run in parallel.
+cutting the range into time windows rewrites every key once per window. Here DuckDB scans the
+parquet source once, under a memory limit, and stages the newest row per entity key (one row per
+key, far smaller than the source). Hash partitions of those keys are then streamed in record
+batches and written through Feast's own online-write path, so every key is written exactly once
+and memory stays flat however large the range. Partitions are independent units of work that any
+task runner can run in parallel.
 """
 
 from __future__ import annotations
@@ -152,14 +153,6 @@ def latest_rows_sql(spec: ViewSpec, partition: int, partitions: int) -> str:
     return f"SELECT {', '.join(out)}, __rows FROM ({latest})"
 
 
-def suggest_partitions(keys: int, keys_per_partition: int = 5_000, most: int = 64) -> int:
-    """Partitions so each holds about `keys_per_partition` keys: memory then stays flat with size.
-
-    Measured at 5M rows / 100k keys: 4 partitions peaked at 1.7x the 1M-row run, 20 at 1.12x.
-    """
-    return max(1, min(most, -(-keys // keys_per_partition)))
-
-
 def open_source(uri: str) -> pads.Dataset:
     """The parquet files of a source folder (local or s3://) as one dataset; temp files ignored."""
     filesystem, root = pafs.FileSystem.from_uri(uri if "://" in uri else str(Path(uri).resolve()))
@@ -219,18 +212,33 @@ def source_time_range(spec: ViewSpec) -> tuple[datetime | None, datetime | None]
     return low, high
 
 
-def count_keys(spec: ViewSpec, window: Window) -> int:
-    """Approximate number of distinct keys with a row in the window (one cheap scan)."""
-    connection = connect_duckdb(256, 2, None)
+def stage_latest_rows(
+    spec: ViewSpec,
+    window: Window,
+    target: Path,
+    *,
+    memory_limit_mb: int = 512,
+    threads: int = 2,
+    temp_dir: Path | None = None,
+) -> Path:
+    """Scan the source once and stage the newest row per key as a parquet file (one row per key).
+
+    The scan is the expensive part (every source row); the staged file is as small as the key
+    count, so partitions read it instead of rescanning the source. DuckDB streams the aggregate
+    to disk under its memory limit, spilling to `temp_dir` when it must.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.tmp")
+    connection = connect_duckdb(memory_limit_mb, threads, temp_dir)
     try:
         register_source(connection, spec.source_uri)
-        keys = ", ".join(quote_identifier(k) for k in spec.join_keys)
-        ts = quote_identifier(spec.timestamp_field)
-        sql = f"SELECT approx_count_distinct(({keys})) FROM source WHERE {ts} BETWEEN $s AND $e"
-        (count,) = connection.execute(sql, {"s": window.start, "e": window.end}).fetchone()
+        params = {"start": window.start, "end": window.end}
+        connection.sql(latest_rows_sql(spec, 0, 1), params=params).write_parquet(str(partial))
+        partial.replace(target)
     finally:
         connection.close()
-    return int(count or 0)
+        partial.unlink(missing_ok=True)
+    return target
 
 
 def iter_latest_batches(
@@ -239,19 +247,29 @@ def iter_latest_batches(
     partition: int,
     partitions: int,
     *,
+    staged: Path | None = None,
     memory_limit_mb: int = 512,
     threads: int = 2,
     batch_rows: int = 50_000,
     temp_dir: Path | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    """Stream the latest row per key of one partition, `batch_rows` at a time."""
+    """Stream the latest row per key of one partition, `batch_rows` at a time.
+
+    From the staged file when given (see `stage_latest_rows`), else straight from the source.
+    """
     connection = connect_duckdb(memory_limit_mb, threads, temp_dir)
     try:
-        register_source(connection, spec.source_uri)
-        sql = latest_rows_sql(spec, partition, partitions)
-        params = {"start": window.start, "end": window.end}
-        reader = connection.sql(sql, params=params).to_arrow_reader(batch_rows)
-        yield from reader
+        if staged is None:
+            register_source(connection, spec.source_uri)
+            sql = latest_rows_sql(spec, partition, partitions)
+            relation = connection.sql(sql, params={"start": window.start, "end": window.end})
+        else:
+            keys = ", ".join(quote_identifier(k) for k in spec.join_keys)
+            where = f"WHERE hash({keys}) % {partitions} = {partition}" if partitions > 1 else ""
+            relation = connection.sql(
+                f"SELECT * FROM read_parquet($path) {where}", params={"path": str(staged)}
+            )
+        yield from relation.to_arrow_reader(batch_rows)
     finally:
         connection.close()
 
@@ -285,12 +303,13 @@ def materialize_partition(
     partition: int,
     partitions: int,
     *,
+    staged: Path | None = None,
     memory_limit_mb: int = 512,
     batch_rows: int = 50_000,
     temp_dir: Path | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> PartitionResult:
-    """Compute and write the latest rows of one partition; re-running it writes the same values."""
+    """Write the latest rows of one partition; re-running it writes the same values."""
     began = time.perf_counter()
     spec = view_spec(store, feature_view)
     rows = keys = 0
@@ -300,6 +319,7 @@ def materialize_partition(
         window,
         partition,
         partitions,
+        staged=staged,
         memory_limit_mb=memory_limit_mb,
         batch_rows=batch_rows,
         temp_dir=temp_dir,
@@ -319,6 +339,46 @@ def materialize_partition(
         seconds=round(time.perf_counter() - began, 3),
         max_event_timestamp=newest,
     )
+
+
+def materialize_view(
+    store: FeatureStore,
+    feature_view: FeatureView,
+    window: Window,
+    *,
+    partitions: int = 4,
+    stage_dir: Path,
+    memory_limit_mb: int = 512,
+    batch_rows: int = 50_000,
+) -> list[PartitionResult]:
+    """Stage once, write every partition in turn, record the interval (scripts and benchmarks;
+    the flow runs the same steps as separate tasks)."""
+    spec = view_spec(store, feature_view)
+    staged = stage_latest_rows(
+        spec,
+        window,
+        stage_dir / f"{feature_view.name}.parquet",
+        memory_limit_mb=memory_limit_mb,
+        temp_dir=stage_dir / "spill",
+    )
+    try:
+        results = [
+            materialize_partition(
+                store,
+                feature_view,
+                window,
+                partition,
+                partitions,
+                staged=staged,
+                memory_limit_mb=memory_limit_mb,
+                batch_rows=batch_rows,
+            )
+            for partition in range(partitions)
+        ]
+    finally:
+        staged.unlink(missing_ok=True)
+    record_interval(store, feature_view, window)
+    return results
 
 
 def record_interval(store: FeatureStore, feature_view: FeatureView, window: Window) -> None:
