@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
-from pathlib import Path
 from typing import Literal
 
 from prefect import flow, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
-from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
 from flows._common import runtime_settings, store_for
@@ -72,29 +69,6 @@ def plan_window(
     return None if window is None else (window, params.partitions)
 
 
-@task(name="stage-latest-rows", retries=2, retry_delay_seconds=[2, 5])
-def stage_latest_rows(
-    repo_path: str | None,
-    store_profile: str | None,
-    view: str,
-    window: engine.Window,
-    memory_limit_mb: int,
-) -> str:
-    """One scan of the source: the newest row per key, staged for the partition tasks."""
-    settings = runtime_settings()
-    store = store_for(repo_path, store_profile)
-    spec = engine.view_spec(store, store.get_feature_view(view))
-    stage = settings.tmp_dir / "materialize" / str(flow_run.get_id() or uuid.uuid4().hex)
-    staged = engine.stage_latest_rows(
-        spec,
-        window,
-        stage / f"{view}.parquet",
-        memory_limit_mb=memory_limit_mb,
-        temp_dir=settings.tmp_dir / "duckdb",
-    )
-    return str(staged)
-
-
 @task(name="materialize-partition", retries=3, retry_delay_seconds=[2, 5, 15])
 def materialize_partition(
     repo_path: str | None,
@@ -102,7 +76,6 @@ def materialize_partition(
     view: str,
     *,
     window: engine.Window,
-    staged: str,
     partition: int,
     partitions: int,
     memory_limit_mb: int,
@@ -116,7 +89,6 @@ def materialize_partition(
         window,
         partition,
         partitions,
-        staged=Path(staged),
         memory_limit_mb=memory_limit_mb,
         temp_dir=settings.tmp_dir / "duckdb",
     )
@@ -187,19 +159,16 @@ def materialize_features(params: MaterializeParams | None = None) -> list[engine
             continue
         window, partitions = plan
         windows[view] = window
-        staged = stage_latest_rows(repo, profile, view, window, params.memory_limit_mb)
         futures = materialize_partition.map(
             unmapped(repo),
             unmapped(profile),
             unmapped(view),
             window=unmapped(window),
-            staged=unmapped(staged),
             partition=range(partitions),
             partitions=unmapped(partitions),
             memory_limit_mb=unmapped(params.memory_limit_mb),
         )
         written = futures.result()
-        Path(staged).unlink(missing_ok=True)
         results.extend(written)
         record_interval(repo, profile, view, window)
         logger.info("%s: %s keys in %s partitions", view, sum(r.keys for r in written), partitions)

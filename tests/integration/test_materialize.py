@@ -33,15 +33,10 @@ def _full_window(env) -> engine.Window:
 
 
 def _run_engine(env, view: str, window: engine.Window, partitions: int = 4) -> list:
-    """The flow's path: one staging scan, then every partition written from the staged file."""
+    """Every partition in turn, as the flow's tasks do, with small batches to cross boundaries."""
     store = env.reopen()
     return engine.materialize_view(
-        store,
-        store.get_feature_view(view),
-        window,
-        partitions=partitions,
-        stage_dir=env.settings.tmp_dir / "stage",
-        batch_rows=97,
+        store, store.get_feature_view(view), window, partitions=partitions, batch_rows=97
     )
 
 
@@ -90,12 +85,6 @@ def test_rerun_is_idempotent_and_incremental_equals_backfill(make_feature_env, p
 def test_parallel_partitions_on_sqlite_go_through_one_writer(make_feature_env) -> None:
     parallel, serial = make_feature_env("local"), make_feature_env("local")
     view, window, partitions = "customer_daily_stats_fv", _full_window(parallel), 8
-    store = parallel.reopen()
-    staged = engine.stage_latest_rows(
-        engine.view_spec(store, store.get_feature_view(view)),
-        window,
-        parallel.settings.tmp_dir / "stage" / "daily.parquet",
-    )
 
     def one(partition: int) -> engine.PartitionResult:
         store = parallel.reopen()  # each worker its own store and connection, as tasks would
@@ -105,7 +94,6 @@ def test_parallel_partitions_on_sqlite_go_through_one_writer(make_feature_env) -
             window,
             partition,
             partitions,
-            staged=staged,
             batch_rows=50,
         )
 
@@ -160,16 +148,3 @@ def test_memory_stays_bounded_by_batches(make_feature_env) -> None:
     assert max(b.num_rows for b in batches) <= 64
     keys = np.concatenate([b.column("customer_id").to_numpy() for b in batches])
     assert len(keys) == len(np.unique(keys)) == env.config.n_customers
-
-
-def test_reading_the_source_directly_equals_the_staged_path(make_feature_env) -> None:
-    direct, staged = make_feature_env("local"), make_feature_env("local")
-    view = "customer_daily_stats_fv"
-    store = direct.reopen()
-    fv = store.get_feature_view(view)
-    results = [
-        engine.materialize_partition(store, fv, _full_window(direct), p, 3) for p in range(3)
-    ]
-    _run_engine(staged, view, _full_window(staged), partitions=3)
-    assert sum(r.keys for r in results) == direct.config.n_customers
-    pd.testing.assert_frame_equal(_online_snapshot(direct, view), _online_snapshot(staged, view))
