@@ -1,0 +1,39 @@
+"""`python -m serving`: the prediction service under uvicorn on settings.host:MLRE_SERVING_PORT."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+
+def main() -> None:
+    """Build the app from the environment and serve it until SIGTERM/SIGINT."""
+    # One process: keep prometheus_client in its in-memory mode. Importing Feast (through
+    # MLflow's plugins) sets PROMETHEUS_MULTIPROC_DIR, so decide before anything imports it.
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    import prometheus_client  # noqa: F401
+    import uvicorn
+
+    from mlre.settings import apply_runtime_env, get_settings
+    from serving.app import create_app
+    from serving.config import ServingConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = get_settings()
+    apply_runtime_env(settings)
+    config = ServingConfig()
+    app = create_app(settings, config)
+    # uvicorn turns SIGTERM into a graceful shutdown: in-flight requests finish, then the
+    # lifespan exit flushes the prediction log.
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=config.port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+
+
+if __name__ == "__main__":
+    main()

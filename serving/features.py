@@ -1,0 +1,133 @@
+"""Online features of a Feast feature service, read in-process with a time budget.
+
+A service is resolved once per model version into a plan: the batch-view feature references read
+from the online store, and the on-demand views computed here from those values plus the request
+values, with the view's own transformation. Computing on-demand views here (rather than through
+`get_online_features(features=service)`) works with registries written by `mlre.features.store.
+apply_repo`, which do not hold Feast's `__dummy` entity that Feast 0.67's online path looks up for
+on-demand views, and it saves Feast's per-request on-demand bookkeeping.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+from feast import FeatureService, FeatureStore, OnDemandFeatureView
+
+
+@dataclass(frozen=True)
+class ServicePlan:
+    """How to read one feature service online."""
+
+    name: str
+    join_keys: tuple[str, ...]
+    batch_refs: tuple[str, ...]
+    on_demand: tuple[tuple[OnDemandFeatureView, tuple[str, ...]], ...]
+    request_columns: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+def plan_service(store: FeatureStore, service: FeatureService) -> ServicePlan:
+    """Resolve a service into batch references and on-demand views (once per model load)."""
+    batch = {fv.name: fv for fv in store.list_feature_views()}
+    odfvs = {v.name: v for v in store.list_on_demand_feature_views()}
+    refs: list[str] = []
+    keys: list[str] = []
+    on_demand: list[tuple[OnDemandFeatureView, tuple[str, ...]]] = []
+    request: list[str] = []
+    outputs: list[str] = []
+
+    def add_batch(view_name: str, features: list[str]) -> None:
+        for key in batch[view_name].join_keys:
+            if key not in keys:
+                keys.append(key)
+        refs.extend(r for r in (f"{view_name}:{f}" for f in features) if r not in refs)
+
+    for projection in service.feature_view_projections:
+        names = [f.name for f in projection.features]
+        outputs.extend(names)
+        if projection.name in batch:
+            add_batch(projection.name, names)
+        elif projection.name in odfvs:
+            odfv = odfvs[projection.name]
+            for source in odfv.source_feature_view_projections.values():
+                add_batch(source.name, [f.name for f in source.features])
+            for source in odfv.source_request_sources.values():
+                request.extend(f.name for f in source.schema if f.name not in request)
+            on_demand.append((odfv, tuple(names)))
+    return ServicePlan(
+        service.name, tuple(keys), tuple(refs), tuple(on_demand), tuple(request), tuple(outputs)
+    )
+
+
+def _transform(odfv: OnDemandFeatureView, inputs: pd.DataFrame) -> pd.DataFrame:
+    """Run the view's own transformation (pandas or python mode) on the assembled inputs."""
+    transformation = odfv.feature_transformation
+    if odfv.mode == "python":
+        return pd.DataFrame(transformation.transform(inputs.to_dict("list")))
+    return transformation.transform(inputs)
+
+
+def read_features(
+    store: FeatureStore, plan: ServicePlan, rows: list[dict[str, Any]]
+) -> pd.DataFrame:
+    """Feature values of `plan` for entity rows (keys + request values), in row order."""
+    entity_rows = [{k: row[k] for k in plan.join_keys} for row in rows]
+    values = store.get_online_features(features=list(plan.batch_refs), entity_rows=entity_rows)
+    frame = pd.DataFrame(values.to_dict())
+    for column in plan.request_columns:
+        frame[column] = [row.get(column) for row in rows]
+    for odfv, names in plan.on_demand:
+        computed = _transform(odfv, frame)
+        for name in names:
+            frame[name] = computed[name].to_numpy()
+    return frame
+
+
+class FeatureUnavailable(Exception):
+    """The online store failed or exceeded its time budget (cause: timeout / feature_store)."""
+
+    def __init__(self, cause: str, detail: str) -> None:
+        super().__init__(f"{cause}: {detail}")
+        self.cause = cause
+
+
+class FeatureFetcher:
+    """Online reads on a small thread pool so each one is bounded by a timeout."""
+
+    def __init__(
+        self,
+        store: FeatureStore,
+        timeout_s: float,
+        threads: int,
+        observe: Callable[[str, float], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.timeout_s = timeout_s
+        self._observe = observe
+        # A hung store ties up at most `threads` threads; later reads time out in the queue.
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="feast-online")
+
+    def fetch(self, plan: ServicePlan, rows: list[dict[str, Any]]) -> pd.DataFrame:
+        """Features for rows (same order), or FeatureUnavailable with its cause."""
+        began = time.perf_counter()
+        future = self.pool.submit(read_features, self.store, plan, rows)
+        try:
+            return future.result(timeout=self.timeout_s)
+        except FutureTimeout as exc:
+            future.cancel()
+            raise FeatureUnavailable("feature_timeout", f"> {self.timeout_s} s") from exc
+        except Exception as exc:  # Redis/SQLite/registry errors all mean "no features now"
+            raise FeatureUnavailable("feature_store", f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            if self._observe:
+                self._observe(plan.name, time.perf_counter() - began)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
