@@ -1,4 +1,9 @@
-"""Small helpers the flow modules share: settings and stores opened inside tasks."""
+"""Small helpers the flow modules share: settings and stores opened inside tasks.
+
+Every task in flows/ sets `cache_policy=NO_CACHE`: they read and write external state (stores,
+registry, lake), so a cached result would be wrong, and Prefect's default policy hashes every
+input to build the key, DataFrames included, on every call.
+"""
 
 from __future__ import annotations
 

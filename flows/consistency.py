@@ -6,6 +6,7 @@ from typing import Literal
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from flows._common import store_for
@@ -31,7 +32,7 @@ class ConsistencyParams(BaseModel):
     )
 
 
-@task(name="check-view-consistency", retries=2, retry_delay_seconds=[2, 5])
+@task(cache_policy=NO_CACHE, name="check-view-consistency", retries=2, retry_delay_seconds=[2, 5])
 def check_view(params: ConsistencyParams, view: str) -> checks.ConsistencyReport:
     """Compare one view's online values with its offline values at the watermark."""
     store = store_for(params.repo_path, params.store_profile)

@@ -11,6 +11,7 @@ from typing import Literal
 import pandas as pd
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from flows._common import (
@@ -21,7 +22,7 @@ from flows._common import (
     transient_only,
 )
 from mlre import evaluation, registry, training
-from mlre.data.lake import read_events
+from mlre.data.lake import check_window, read_events
 
 
 class EvaluateParams(BaseModel):
@@ -68,6 +69,7 @@ def _held_out(
 
 
 @task(
+    cache_policy=NO_CACHE,
     name="evaluate-version",
     retries=2,
     retry_delay_seconds=[2, 10],
@@ -103,6 +105,7 @@ def evaluate_version(
 
 
 @task(
+    cache_policy=NO_CACHE,
     name="record-decision",
     retries=3,
     retry_delay_seconds=[2, 5, 15],
@@ -119,10 +122,19 @@ def record_decision(model_name: str, version: str, decision: evaluation.GateDeci
         registry.record_refusal(client, model_name, version, decision.reasons)
 
 
+def _check_inputs(params: EvaluateParams, model_name: str) -> None:
+    """Refuse a bad window or an unknown model/version before any task runs (or retries)."""
+    check_window(params.window_start, params.window_end, names=("window_start", "window_end"))
+    client = mlflow_client()
+    registry.get_model(client, model_name)
+    registry.get_version(client, model_name, params.version)
+
+
 @flow(name="evaluate-model", log_prints=True)
 def evaluate_model(params: EvaluateParams) -> GateOutcome:
     """Judge a candidate against the champion; tag the decision, alias passing versions."""
     model_name = params.model_name or runtime_settings().model_name
+    _check_inputs(params, model_name)
     champion = registry.champion_version(mlflow_client(), model_name)
     champion_version = champion.version if champion and champion.version != params.version else None
     candidate = evaluate_version(params, model_name, params.version, with_plots=True)

@@ -8,6 +8,7 @@ from typing import Literal
 import pandas as pd
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
@@ -35,7 +36,7 @@ class BatchInferenceParams(BaseModel):
     )
 
 
-@task(name="load-requests")
+@task(cache_policy=NO_CACHE, name="load-requests")
 def load_requests(params: BatchInferenceParams) -> pd.DataFrame:
     """The events of the window, without their labels."""
     settings = runtime_settings()
@@ -47,7 +48,11 @@ def load_requests(params: BatchInferenceParams) -> pd.DataFrame:
 
 
 @task(
-    name="score-window", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=transient_only
+    cache_policy=NO_CACHE,
+    name="score-window",
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=transient_only,
 )
 def score_window(params: BatchInferenceParams, requests: pd.DataFrame) -> pd.DataFrame:
     """Champion scores for every request, with point-in-time Feast features."""
@@ -61,6 +66,7 @@ def score_window(params: BatchInferenceParams, requests: pd.DataFrame) -> pd.Dat
 
 
 @task(
+    cache_policy=NO_CACHE,
     name="write-prediction-log",
     retries=2,
     retry_delay_seconds=[2, 10],

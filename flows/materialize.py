@@ -7,6 +7,7 @@ from typing import Literal
 
 from prefect import flow, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from pydantic import BaseModel, Field
 
@@ -31,7 +32,7 @@ class MaterializeParams(BaseModel):
     validate_sources: bool = Field(True, description="Validate source files before reading.")
 
 
-@task(name="apply-feature-repo", retries=2, retry_delay_seconds=[2, 5])
+@task(cache_policy=NO_CACHE, name="apply-feature-repo", retries=2, retry_delay_seconds=[2, 5])
 def apply_feature_repo(repo_path: str | None, store_profile: str | None) -> dict[str, list[str]]:
     """Sync the Feast registry with the repo's definitions."""
     settings = runtime_settings()
@@ -40,14 +41,14 @@ def apply_feature_repo(repo_path: str | None, store_profile: str | None) -> dict
     return {"feature_views": summary.feature_views, "feature_services": summary.feature_services}
 
 
-@task(name="validate-source")
+@task(cache_policy=NO_CACHE, name="validate-source")
 def validate_source(repo_path: str | None, store_profile: str | None, view: str) -> int:
     """Refuse bad source data before anything reads it; returns the rows checked."""
     store = store_for(repo_path, store_profile)
     return validate_view_source(store, store.get_feature_view(view), now=engine.utcnow()).rows
 
 
-@task(name="plan-window")
+@task(cache_policy=NO_CACHE, name="plan-window")
 def plan_window(
     repo_path: str | None, store_profile: str | None, view: str, params: MaterializeParams
 ) -> tuple[engine.Window, int] | None:
@@ -69,7 +70,9 @@ def plan_window(
     return None if window is None else (window, params.partitions)
 
 
-@task(name="materialize-partition", retries=3, retry_delay_seconds=[2, 5, 15])
+@task(
+    cache_policy=NO_CACHE, name="materialize-partition", retries=3, retry_delay_seconds=[2, 5, 15]
+)
 def materialize_partition(
     repo_path: str | None,
     store_profile: str | None,
@@ -94,7 +97,7 @@ def materialize_partition(
     )
 
 
-@task(name="record-interval", retries=2, retry_delay_seconds=[2, 5])
+@task(cache_policy=NO_CACHE, name="record-interval", retries=2, retry_delay_seconds=[2, 5])
 def record_interval(
     repo_path: str | None, store_profile: str | None, view: str, window: engine.Window
 ) -> None:

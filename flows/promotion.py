@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from flows._common import mlflow_client, runtime_settings, transient_only
@@ -24,6 +25,7 @@ def _audit_markdown(title: str, record: registry.AuditRecord) -> str:
 
 
 @task(
+    cache_policy=NO_CACHE,
     name="move-champion-alias",
     retries=2,
     retry_delay_seconds=[2, 10],
@@ -35,7 +37,8 @@ def move_champion(
     """Promote `version` (default: the challenger) while holding the promotion lock."""
     client = mlflow_client()
     if version is None:
-        challenger = client.get_registered_model(model_name).aliases.get(registry.CHALLENGER)
+        # get_model: an unknown model is a RegistryError (no retry), not a raw MlflowException.
+        challenger = registry.get_model(client, model_name).aliases.get(registry.CHALLENGER)
         if challenger is None:
             raise registry.RegistryError(
                 f"Model {model_name!r} has no {registry.CHALLENGER!r} alias; run evaluate-model "
@@ -71,6 +74,7 @@ def promote_model(
 
 
 @task(
+    cache_policy=NO_CACHE,
     name="restore-previous-champion",
     retries=2,
     retry_delay_seconds=[2, 10],

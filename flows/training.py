@@ -9,6 +9,7 @@ from typing import Literal
 import pandas as pd
 from prefect import flow, task
 from prefect.artifacts import create_link_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from flows._common import runtime_settings, store_for, transient_only
@@ -57,7 +58,7 @@ class TrainOutcome:
     rows_dropped: int
 
 
-@task(name="load-labels")
+@task(cache_policy=NO_CACHE, name="load-labels")
 def load_labels(label_source: str, start: datetime | None, end: datetime | None) -> pd.DataFrame:
     """Label events from the lake (bad data fails here, with no retry)."""
     settings = runtime_settings()
@@ -65,6 +66,7 @@ def load_labels(label_source: str, start: datetime | None, end: datetime | None)
 
 
 @task(
+    cache_policy=NO_CACHE,
     name="build-training-set",
     retries=2,
     retry_delay_seconds=[2, 10],
@@ -76,7 +78,7 @@ def build_training_set(params: TrainParams, labels: pd.DataFrame) -> training.Tr
     return training.build_training_set(store, labels, params.training_config())
 
 
-@task(name="fit-model")
+@task(cache_policy=NO_CACHE, name="fit-model")
 def fit_model(
     params: TrainParams, training_set: training.TrainingSet
 ) -> tuple[training.Split, training.TrainedModel]:
@@ -87,6 +89,7 @@ def fit_model(
 
 
 @task(
+    cache_policy=NO_CACHE,
     name="log-and-register",
     retries=3,
     retry_delay_seconds=[2, 5, 15],

@@ -401,7 +401,8 @@ class _Aliases:
 
     @classmethod
     def of(cls, model: RegisteredModel) -> _Aliases:
-        aliases = model.aliases
+        # The REST store answers version numbers as strings, a SQL store URI as ints: normalise.
+        aliases = {name: str(version) for name, version in model.aliases.items()}
         return cls(aliases.get(CHAMPION), aliases.get(PREVIOUS_CHAMPION), aliases.get(CHALLENGER))
 
 
