@@ -1,0 +1,268 @@
+"""Flow `canary-rollout`: raise the challenger's share step by step; roll back on any breach."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import numpy as np
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.logging import get_run_logger
+from prefect.runtime import flow_run
+from pydantic import BaseModel, Field
+
+from flows._common import mlflow_client, runtime_settings, transient_only
+from mlre import canary, registry
+from mlre.inference import read_predictions
+
+
+class CanaryParams(BaseModel):
+    """What to roll out and how carefully; every field shows in the Prefect UI's run form."""
+
+    model_name: str | None = Field(None, description="Registered model (default MLRE_MODEL_NAME).")
+    version: str | None = Field(None, description="Version to roll out (default: challenger).")
+    steps: list[float] = Field([0.05, 0.25, 0.5], description="Increasing canary shares.")
+    metrics_url: str | None = Field(
+        None, description="Service /metrics (default http://MLRE_HOST:MLRE_SERVING_PORT/metrics)."
+    )
+    min_predictions: int = Field(500, ge=1, description="Logged predictions per arm per step.")
+    step_timeout_s: float = Field(600.0, gt=0, description="Max wait for those predictions.")
+    switch_timeout_s: float = Field(60.0, gt=0, description="Max wait for the service to switch.")
+    poll_s: float = Field(2.0, gt=0, description="Polling interval while waiting.")
+    thresholds: canary.CanaryThresholds = Field(default_factory=canary.CanaryThresholds)
+
+
+@dataclass
+class RolloutResult:
+    """How the rollout ended and each step's decision."""
+
+    model_name: str
+    version: str
+    outcome: str  # "promoted" or "rolled_back"
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    reason: str = ""
+
+
+def _metrics_url(params: CanaryParams) -> str:
+    if params.metrics_url:
+        return params.metrics_url
+    from serving.config import ServingConfig
+
+    return f"http://{runtime_settings().host}:{ServingConfig().port}/metrics"
+
+
+@task(
+    name="resolve-canary-version",
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=transient_only,
+)
+def resolve_version(model_name: str, version: str | None) -> str:
+    """The version to roll out; it becomes (or already is) the challenger alias."""
+    client = mlflow_client()
+    model = registry.get_model(client, model_name)
+    chosen = version or model.aliases.get(registry.CHALLENGER)
+    if chosen is None:
+        raise canary.CanaryError(
+            f"Model {model_name!r} has no {registry.CHALLENGER!r} alias; run evaluate-model or "
+            "pass the version to roll out."
+        )
+    mv = registry.get_version(client, model_name, chosen)
+    if model.aliases.get(registry.CHAMPION) == mv.version:
+        raise canary.CanaryError(f"Version {mv.version} of {model_name!r} is already champion.")
+    if problems := registry.refusal_reasons(mv):
+        raise canary.CanaryError(f"Version {mv.version} cannot be rolled out: {problems}")
+    if model.aliases.get(registry.CHALLENGER) != mv.version:
+        client.set_registered_model_alias(model_name, registry.CHALLENGER, mv.version)
+    return mv.version
+
+
+@task(
+    name="set-canary-share",
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=transient_only,
+)
+def set_canary_share(model_name: str, share: float) -> None:
+    """Publish the share on the registered model; the service's poller picks it up."""
+    canary.set_share(mlflow_client(), model_name, share)
+
+
+def _scrape(url: str) -> str:
+    response = httpx.get(url, timeout=5)
+    response.raise_for_status()
+    return response.text
+
+
+@task(name="wait-for-service-switch")
+def wait_for_switch(url: str, version: str, share: float, timeout_s: float, poll_s: float) -> str:
+    """Wait until /metrics shows the canary version at this share; returns that scrape."""
+    deadline = time.monotonic() + timeout_s
+    seen: Any = None
+    while time.monotonic() < deadline:
+        text = _scrape(url)
+        seen = canary.served_state(text)
+        if abs(seen[0] - share) < 1e-9 and seen[1].get("canary") == version:
+            return text
+        time.sleep(poll_s)
+    raise canary.CanaryError(
+        f"The service at {url} did not switch to canary {version} at share {share} within "
+        f"{timeout_s:.0f} s (it reports {seen}); is it running and polling the same registry?"
+    )
+
+
+@task(name="wait-for-predictions")
+def wait_for_predictions(
+    model_name: str, version: str, since: datetime, params: CanaryParams
+) -> tuple[np.ndarray, np.ndarray]:
+    """(champion scores, canary scores) logged since `since`, once both arms have `minimum`."""
+    settings = runtime_settings()
+    deadline = time.monotonic() + params.step_timeout_s
+    while True:
+        log = read_predictions(settings.lake_dir, model_name, start=since)
+        canary_scores = log.loc[
+            (log["route"] == "canary") & (log["model_version"] == version), "score"
+        ].to_numpy()
+        champion_scores = log.loc[log["route"] == "champion", "score"].to_numpy()
+        counts = {"champion": len(champion_scores), "canary": len(canary_scores)}
+        if canary.enough_predictions(counts, params.min_predictions):
+            return champion_scores, canary_scores
+        if time.monotonic() >= deadline:
+            return champion_scores, canary_scores
+        time.sleep(params.poll_s)
+
+
+@task(name="decide-canary-step")
+def decide(
+    share: float,
+    scores: tuple[np.ndarray, np.ndarray],
+    *,
+    before: str,
+    after: str,
+    versions: tuple[str, str],
+    params: CanaryParams,
+) -> canary.StepDecision:
+    """The step's decision from the logged scores and the /metrics deltas."""
+    champion_version, canary_version = versions
+    evidence = canary.StepEvidence(
+        share=share,
+        champion_scores=scores[0],
+        canary_scores=scores[1],
+        champion=canary.arm_stats(after, champion_version, "champion").minus(
+            canary.arm_stats(before, champion_version, "champion")
+        ),
+        canary=canary.arm_stats(after, canary_version, "canary").minus(
+            canary.arm_stats(before, canary_version, "canary")
+        ),
+    )
+    decision = canary.decide_step(evidence, params.thresholds)
+    if len(scores[1]) < params.min_predictions or len(scores[0]) < params.min_predictions:
+        reasons = [
+            *decision.reasons,
+            f"not enough predictions within {params.step_timeout_s:.0f} s "
+            f"(champion {len(scores[0])}, canary {len(scores[1])}, need {params.min_predictions})",
+        ]
+        decision = canary.StepDecision(share, False, reasons, decision.measures)
+    return decision
+
+
+@task(
+    name="roll-back-canary",
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=transient_only,
+)
+def roll_back(model_name: str, version: str, reason: str) -> registry.AuditRecord:
+    """Share 0, challenger removed, version tagged, audit record: under the promotion lock."""
+    return canary.record_canary_rollback(
+        mlflow_client(),
+        model_name,
+        version,
+        reason=reason,
+        run_id=str(flow_run.get_id()),
+        actor="prefect:canary-rollout",
+        lock=registry.prefect_lock,
+    )
+
+
+@task(
+    name="promote-canary", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=transient_only
+)
+def promote(model_name: str, version: str, reason: str) -> registry.AuditRecord:
+    """Champion <- canary through the same promotion code as the lifecycle; share back to 0."""
+    client = mlflow_client()
+    record = registry.promote(
+        client,
+        model_name,
+        version,
+        reason=reason,
+        run_id=str(flow_run.get_id()),
+        actor="prefect:canary-rollout",
+        lock=registry.prefect_lock,
+    )
+    canary.set_share(client, model_name, 0.0)
+    client.set_model_version_tag(model_name, version, canary.CANARY_RESULT_TAG, "promoted")
+    return record
+
+
+def _step_artifact(index: int, decision: canary.StepDecision, version: str) -> None:
+    create_table_artifact(
+        key=f"canary-step-{index}",
+        table=[{"version": version, **decision.row()}],
+        description=f"Canary step {index}: share {decision.share:g} -> "
+        + ("healthy" if decision.healthy else "BREACH, rolled back"),
+    )
+
+
+@flow(name="canary-rollout", log_prints=True)
+def canary_rollout(params: CanaryParams | None = None) -> RolloutResult:
+    """Route growing shares to the challenger; promote if every step is healthy, else roll back."""
+    params = params or CanaryParams()
+    logger = get_run_logger()
+    name = params.model_name or runtime_settings().model_name
+    steps = canary.check_steps(params.steps)
+    url = _metrics_url(params)
+    version = resolve_version(name, params.version)
+    champion = registry.champion_version(mlflow_client(), name)
+    if champion is None:
+        raise canary.CanaryError(f"Model {name!r} has no champion to compare the canary with.")
+    result = RolloutResult(name, version, "rolled_back")
+    for index, share in enumerate(steps, start=1):
+        set_canary_share(name, share)
+        try:
+            before = wait_for_switch(url, version, share, params.switch_timeout_s, params.poll_s)
+        except canary.CanaryError as exc:
+            result.reason = str(exc)
+            roll_back(name, version, result.reason)
+            raise
+        since = datetime.now(UTC)
+        scores = wait_for_predictions(name, version, since, params)
+        after = _scrape(url)
+        decision = decide(
+            share,
+            scores,
+            before=before,
+            after=after,
+            versions=(champion.version, version),
+            params=params,
+        )
+        _step_artifact(index, decision, version)
+        result.decisions.append(decision.row())
+        logger.info("Step %d (share %g): %s", index, share, decision.row())
+        if not decision.healthy:
+            result.reason = f"step {index} (share {share:g}): " + "; ".join(decision.reasons)
+            roll_back(name, version, result.reason)
+            break
+    else:
+        result.outcome = "promoted"
+        result.reason = f"canary healthy at shares {steps}"
+        promote(name, version, result.reason)
+    create_markdown_artifact(
+        key="canary-rollout",
+        markdown=f"# {name} v{version}: {result.outcome}\n\n{result.reason}\n",
+    )
+    return result
