@@ -13,7 +13,11 @@ import pyarrow.dataset as pads
 
 from mlre.data.generator import GeneratorConfig, Scenario, generate_sources, write_sources
 from mlre.data.validation import schemas_for_demo, validate_frame
-from mlre.errors import SourceDataError
+from mlre.errors import MlreError, SourceDataError
+
+
+class WindowError(MlreError):
+    """A time-window parameter is timezone-naive or ends before it starts."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,26 @@ def land_demo_sources(config: GeneratorConfig, lake_dir: Path, *, now: datetime)
     )
 
 
+def check_window(
+    start: datetime | None,
+    end: datetime | None,
+    *,
+    names: tuple[str, str] = ("start", "end"),
+) -> None:
+    """Refuse naive or inverted windows: read silently, they would score or train on nothing."""
+    for name, value in zip(names, (start, end), strict=True):
+        if value is not None and (value.tzinfo is None or value.utcoffset() is None):
+            raise WindowError(
+                f"Parameter {name}={value.isoformat()} has no timezone; pass an aware UTC time "
+                f"(e.g. {value.isoformat()}+00:00)."
+            )
+    if start is not None and end is not None and start > end:
+        raise WindowError(
+            f"Window is inverted: {names[0]}={start.isoformat()} is after "
+            f"{names[1]}={end.isoformat()}; pass a {names[0]} before the {names[1]}."
+        )
+
+
 def read_events(
     folder: Path | str,
     *,
@@ -69,6 +93,7 @@ def read_events(
     timestamp_column: str = "event_timestamp",
 ) -> pd.DataFrame:
     """Rows of a parquet source folder with start <= timestamp < end (filter pushed to the scan)."""
+    check_window(start, end)
     files = sorted(str(p) for p in Path(folder).glob("*.parquet") if not p.name.startswith("."))
     if not files:
         raise SourceDataError(

@@ -30,6 +30,7 @@ from feast.infra.offline_stores.file_source import FileSource
 from feast.utils import _convert_arrow_to_proto
 from filelock import FileLock
 
+from mlre.data.lake import WindowError, check_window
 from mlre.errors import FeatureStoreError, MlreError
 
 Mode = Literal["incremental", "backfill"]
@@ -100,14 +101,13 @@ def plan_window(
     now: datetime,
 ) -> Window | None:
     """The interval to materialize, or None when an incremental run has nothing new to do."""
-    for name, value in (("start", start), ("end", end)):
-        if value is not None and value.tzinfo is None:
-            raise MlreError(f"Parameter {name}={value} has no timezone; pass an aware UTC time.")
+    # Naive or inverted (start after end) in either mode: a WindowError naming the parameter.
+    check_window(start, end)
     if mode == "backfill":
         if start is None or end is None:
-            raise MlreError("Backfill needs both start and end; pass them or use mode=incremental.")
-        if start > end:
-            raise MlreError(f"Backfill window is empty: start {start} is after end {end}.")
+            raise WindowError(
+                "Backfill needs both start and end; pass them or use mode=incremental."
+            )
         return Window(start, end)
     if mode != "incremental":
         raise MlreError(f"Unknown materialization mode {mode!r}; use 'incremental' or 'backfill'.")
