@@ -8,7 +8,12 @@ from pathlib import Path
 from feast import FeatureStore, FeatureView
 from feast.types import PrimitiveFeastType
 
-from mlre.data.validation import SourceSchema, ValidationReport, validate_source_path
+from mlre.data.validation import (
+    SourceSchema,
+    ValidationReport,
+    schemas_for_demo,
+    validate_source_path,
+)
 from mlre.errors import FeatureStoreError
 from mlre.features.materialize import view_spec
 
@@ -45,7 +50,19 @@ def schema_for_view(feature_view: FeatureView) -> SourceSchema:
         timestamp_column=source.timestamp_field,
         created_column=source.created_timestamp_column or None,
         columns=columns,
+        bounds=known_bounds(columns),
     )
+
+
+def known_bounds(columns: dict[str, str]) -> dict[str, tuple[float, float]]:
+    """Sanity bounds of numeric columns the demo schemas know (same name, same meaning).
+
+    Feast fields carry no value range, so without these an amount written in cents or a share
+    written in percent would pass validation and reach the online store.
+    """
+    known = {c: b for schema in schemas_for_demo().values() for c, b in schema.bounds.items()}
+    numeric = {c for c, kind in columns.items() if kind in ("int", "float")}
+    return {c: known[c] for c in sorted(numeric & known.keys())}
 
 
 def validate_view_source(
