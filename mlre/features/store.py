@@ -76,12 +76,35 @@ def render_profile(text: str, values: Mapping[str, str], *, source: str) -> dict
             "export them (see feature_repo/README.md) or use the 'local' profile."
         )
     rendered = _VARIABLE.sub(lambda match: lookup[match.group(1)], text)
-    config = yaml.safe_load(rendered)
-    online_type = (config.get("online_store") or {}).get("type", "sqlite")
+    config = _load_mapping(rendered, source=source)
+    online = config.get("online_store") or {}
+    if not isinstance(online, dict):
+        raise ConfigError(
+            f"{source}: online_store must be a mapping with a 'type' key, not {online!r}; "
+            f"use one of {sorted(KNOWN_ONLINE_STORES)} as its type."
+        )
+    online_type = online.get("type", "sqlite")
     if online_type not in KNOWN_ONLINE_STORES:
         raise ConfigError(
             f"{source}: online_store.type {online_type!r} is not supported here; "
             f"use one of {sorted(KNOWN_ONLINE_STORES)}."
+        )
+    return config
+
+
+def _load_mapping(text: str, *, source: str) -> dict[str, Any]:
+    """Parse a profile; broken YAML or a non-mapping is a ConfigError naming the file."""
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            f"{source} is not valid YAML ({exc}); fix the file (compare feature_repo/"
+            "feature_store.yaml)."
+        ) from exc
+    if not isinstance(config, dict):
+        raise ConfigError(
+            f"{source} must hold a YAML mapping (project, registry, online_store, ...), not "
+            f"{type(config).__name__}; fix the file (compare feature_repo/feature_store.yaml)."
         )
     return config
 
@@ -97,9 +120,16 @@ def open_store(
     if profile == "local":
         (settings.data_dir).mkdir(parents=True, exist_ok=True)
     try:
-        return FeatureStore(config=RepoConfig(repo_path=repo_path, **config))
+        store = FeatureStore(config=RepoConfig(repo_path=repo_path, **config))
+        # Feast resolves the provider lazily: an unknown one would fail only at the first apply
+        # or write, as a Feast error inside a retried task. Resolve it while the file is known.
+        store._get_provider()
     except Exception as exc:  # pydantic/feast config validation: re-raise with the file named
-        raise ConfigError(f"{path}: invalid Feast configuration: {exc}") from exc
+        raise ConfigError(
+            f"{path}: invalid Feast configuration: {exc}. Fix the file (compare "
+            "feature_repo/feature_store.yaml)."
+        ) from exc
+    return store
 
 
 @contextmanager
@@ -203,7 +233,8 @@ def get_feature_service(store: FeatureStore, name: str) -> FeatureService:
     if name not in services:
         raise FeatureStoreError(
             f"Feature service {name!r} is not in project {store.project!r}; "
-            f"known services: {sorted(services)}."
+            f"known services: {sorted(services)}. Pass one of them (feature_service parameter) "
+            "or apply the feature repo that defines it."
         )
     return services[name]
 
