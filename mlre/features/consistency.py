@@ -79,7 +79,10 @@ class ConsistencyDecision:
 def sample_keys(spec: ViewSpec, watermark: datetime, size: int, seed: int) -> pd.DataFrame:
     """A seeded sample of the entity keys that have any source row at or before the watermark."""
     if size <= 0:
-        raise FeatureStoreError(f"Sample size must be positive, got {size}.")
+        raise FeatureStoreError(
+            f"Parameter sample_size={size} must be positive; pass sample_size >= 1 "
+            "(entity keys sampled per view)."
+        )
     keys = ", ".join(quote_identifier(k) for k in spec.join_keys)
     connection = connect_duckdb(512, 2, None)
     try:
