@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from pydantic import BaseModel, Field
 
-from flows._common import runtime_settings, store_for
+from flows._common import runtime_settings, store_for, transient_only
 from mlre.features import materialize as engine
 from mlre.features.sources import validate_view_source
 from mlre.features.store import apply_repo, select_views
@@ -32,7 +32,14 @@ class MaterializeParams(BaseModel):
     validate_sources: bool = Field(True, description="Validate source files before reading.")
 
 
-@task(cache_policy=NO_CACHE, name="apply-feature-repo", retries=2, retry_delay_seconds=[2, 5])
+@task(
+    cache_policy=NO_CACHE,
+    name="apply-feature-repo",
+    retries=2,
+    retry_delay_seconds=[2, 5],
+    # A bad repo path or profile is the user's to fix: retrying it only delays the error.
+    retry_condition_fn=transient_only,
+)
 def apply_feature_repo(repo_path: str | None, store_profile: str | None) -> dict[str, list[str]]:
     """Sync the Feast registry with the repo's definitions."""
     settings = runtime_settings()
