@@ -1,0 +1,287 @@
+"""Serving benchmark: our /predict on a Redis online store vs. Feast's own `feast serve` (features
+only), each driven at a fixed rate by a load generator in another process.
+
+Everything runs on 127.0.0.1 under `.mlre/bench/serving/`: a redis-server and a lean MLflow server
+(the test-support starters, from PyPI wheels), a temp Feast repo (the project's definitions, a
+Redis online store, file registry), two registered model versions. Our service runs under uvicorn
+in this process; the champion alias moves to the other version half-way through the run. The load
+generator (asyncio + httpx, open loop: requests are sent on schedule whether or not earlier ones
+have answered) reports p50/p99 latency and errors.
+
+Run with `python -m bench.serving [--rate 200 --duration 30]`; results: bench/results/serving.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from mlre.settings import PROJECT_ROOT, Settings, apply_runtime_env
+
+RESULTS_PATH = PROJECT_ROOT / "bench" / "results" / "serving.json"
+TARGETS = {"p99_ms": 10.0, "errors": 0}
+N_CUSTOMERS = 2_000
+DAILY_VIEW = "customer_daily_stats_fv"
+
+LOADGEN = textwrap.dedent(
+    """
+    import asyncio, json, random, sys, time
+    import httpx
+
+    url, kind = sys.argv[1], sys.argv[2]
+    rate, duration, n = float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+    features = json.loads(sys.argv[6]) if len(sys.argv) > 6 else []
+    random.seed(1)
+
+    def body():
+        cid = 1001 + random.randrange(n)
+        if kind == "predict":
+            amount = round(random.lognormvariate(3.5, 0.8), 2)
+            return {"instances": [{"customer_id": cid, "amount": amount}]}
+        return {"features": features, "entities": {"customer_id": [cid]}}
+
+    async def one(client, lat, errs):
+        began = time.perf_counter()
+        try:
+            r = await client.post(url, json=body())
+            ok = r.status_code == 200
+        except Exception:
+            ok = False
+        lat.append((time.perf_counter() - began) * 1000)
+        if not ok:
+            errs.append(1)
+
+    async def main():
+        lat, errs, tasks = [], [], []
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+        async with httpx.AsyncClient(timeout=5, limits=limits) as client:
+            for _ in range(20):  # warm-up, not measured
+                await one(client, [], [])
+            start = time.perf_counter()
+            total = int(rate * duration)
+            for i in range(total):
+                delay = start + i / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(one(client, lat, errs)))
+            await asyncio.gather(*tasks)
+            elapsed = time.perf_counter() - start
+        lat.sort()
+        q = lambda p: round(lat[min(len(lat) - 1, int(p * len(lat)))], 3)
+        print(json.dumps({"requests": len(lat), "errors": len(errs), "seconds": round(elapsed, 2),
+                          "achieved_rps": round(len(lat) / elapsed, 1), "p50_ms": q(0.5),
+                          "p90_ms": q(0.9), "p99_ms": q(0.99), "max_ms": round(lat[-1], 3)}))
+
+    asyncio.run(main())
+    """
+)
+
+STORE_YAML = """project: fraud_detection
+provider: local
+registry:
+  registry_type: file
+  path: {home}/feast/registry.db
+  cache_ttl_seconds: 60
+online_store:
+  type: redis
+  connection_string: {redis}
+offline_store:
+  type: file
+entity_key_serialization_version: 3
+"""
+
+
+def _wait_http(url: str, timeout_s: float = 60.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout_s} s")
+
+
+def _load(url: str, kind: str, rate: float, duration: float, extra: list[str]) -> dict[str, Any]:
+    """Run the load generator in its own process and parse its JSON line."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            LOADGEN,
+            url,
+            kind,
+            str(rate),
+            str(duration),
+            str(N_CUSTOMERS),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=duration + 120,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _prepare(root: Path, redis_conn: str, tracking_uri: str) -> tuple[Settings, Any]:
+    """Temp repo with a Redis store, generated sources, materialized view, two model versions."""
+    from mlre.data.generator import GeneratorConfig, generate_sources, write_sources
+    from mlre.features.materialize import Window, materialize_view
+    from mlre.features.store import apply_repo, open_store
+    from tests.integration.test_serving import register_model
+
+    home, repo = root / "home", root / "repo"
+    repo.mkdir(parents=True, exist_ok=True)
+    shutil.copy(PROJECT_ROOT / "feature_repo" / "definitions.py", repo / "definitions.py")
+    (repo / "feature_store.yaml").write_text(STORE_YAML.format(home=home, redis=redis_conn))
+    settings = Settings(home=home, feature_repo=repo, mlflow_uri=tracking_uri)
+    settings = settings.model_copy(update={"model_name": "bench-serving"})
+    settings.ensure_dirs()
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    config = GeneratorConfig(n_customers=N_CUSTOMERS, start=today - timedelta(days=8), days=8)
+    write_sources(generate_sources(config), settings.lake_dir)
+    store = open_store(settings)
+    apply_repo(store, repo, settings)
+    end = datetime.now(UTC)
+    view = store.get_feature_view(DAILY_VIEW)
+    materialize_view(store, view, Window(end - timedelta(days=30), end), partitions=1)
+    env = SimpleNamespace(store=store, config=config)
+    versions = [register_model(env, tracking_uri, settings.model_name, seed=s) for s in (0, 1)]
+    return settings, (store, versions)
+
+
+def _ours(settings: Settings, versions: list[str], rate: float, duration: float) -> dict:
+    """Our /predict under uvicorn in a thread; the champion alias moves half-way."""
+    import uvicorn
+    from mlflow import MlflowClient
+
+    from serving.app import create_app
+    from serving.config import ServingConfig
+    from tests.support.servers import free_port
+
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    client.set_registered_model_alias(settings.model_name, "champion", versions[0])
+    port = free_port()
+    config = ServingConfig(poll_interval_s=1.0, port=port)
+    app = create_app(settings, config)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    _wait_http(f"http://127.0.0.1:{port}/readyz")
+    mover = threading.Timer(
+        duration / 2,
+        lambda: client.set_registered_model_alias(settings.model_name, "champion", versions[1]),
+    )
+    mover.start()
+    try:
+        result = _load(f"http://127.0.0.1:{port}/predict", "predict", rate, duration, [])
+        metrics = app.state.service.metrics
+        served = {
+            s.labels["model_version"]: s.value
+            for family in metrics.registry.collect()
+            for s in family.samples
+            if s.name == "mlre_serving_predictions_total"
+        }
+    finally:
+        mover.cancel()
+        server.should_exit = True
+        thread.join(timeout=30)
+    return {**result, "served_by_version": served, "alias_moved_at_s": duration / 2}
+
+
+def _reference(settings: Settings, store: Any, rate: float, duration: float) -> dict:
+    """`feast serve` on the same repo and Redis: feature fetch only (the daily view's features)."""
+    from tests.support.servers import free_port
+
+    port = free_port()
+    features = [f"{DAILY_VIEW}:{f.name}" for f in store.get_feature_view(DAILY_VIEW).features]
+    feast_bin = str(Path(sys.executable).with_name("feast"))
+    env = {**os.environ, **settings.runtime_env()}
+    proc = subprocess.Popen(
+        [feast_bin, "-c", str(settings.feature_repo), "serve", "-h", "127.0.0.1", "-p", str(port),
+         "--no-access-log"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/health", timeout_s=90)
+        url = f"http://127.0.0.1:{port}/get-online-features"
+        return {
+            **_load(url, "features", rate, duration, [json.dumps(features)]),
+            "features": features,
+        }
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def main() -> None:
+    """Start the servers, run both sides once, write the results JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--duration", type=float, default=30.0)
+    args = parser.parse_args()
+
+    from tests.support.mlflow_server import start_mlflow
+    from tests.support.servers import start_redis
+
+    root = PROJECT_ROOT / ".mlre" / "bench" / "serving"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    apply_runtime_env(Settings(home=root / "home"))
+    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "true"
+    redis, mlflow_server = start_redis(root), start_mlflow(root)
+    try:
+        settings, (store, versions) = _prepare(
+            root, redis.connection_string, mlflow_server.tracking_uri
+        )
+        ours = _ours(settings, versions, args.rate, args.duration)
+        reference = _reference(settings, store, args.rate, args.duration)
+    finally:
+        mlflow_server.stop()
+        redis.stop()
+    met = {
+        "ours_p99": ours["p99_ms"] <= TARGETS["p99_ms"],
+        "ours_errors": ours["errors"] == TARGETS["errors"],
+    }
+    results = {
+        "what": (
+            f"POST /predict (1 instance: Feast Redis online read + on-demand features + sklearn "
+            f"model) at {args.rate:g} req/s for {args.duration:g} s, open loop, load generator in "
+            "another process; champion alias moved half-way. Reference: `feast serve` "
+            "/get-online-features for the daily view's features (fetch only), same Redis, rate."
+        ),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "ours": ours,
+        "reference_feast_serve": reference,
+        "targets": TARGETS,
+        "met": met,
+    }
+    RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS_PATH.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
