@@ -1,0 +1,333 @@
+"""Flow `check-drift`: the champion's stored reference vs a recent window, features and scores."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+from prefect import flow, task
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
+from pydantic import BaseModel, Field
+
+from flows._common import mlflow_client, runtime_settings, store_for, transient_only
+from mlre import automations, drift, inference, registry, training
+from mlre.data.lake import read_events
+from mlre.features.store import get_feature_service
+
+REFERENCE_DIR = "reference"
+REFERENCE_FILE = "reference.parquet"
+SCHEMA_FILE = "schema.json"
+REPORT_DIR = "drift"
+# schema.json says numeric/categorical (training's words); Evidently's are numerical/categorical.
+_KINDS = {"numeric": "numerical", "numerical": "numerical", "categorical": "categorical"}
+
+
+class CheckDriftParams(BaseModel):
+    """Which model version to check, against which window and source."""
+
+    model_name: str | None = Field(None, description="Registered model (default: MLRE_MODEL_NAME).")
+    version: str | None = Field(None, description="Model version (default: the champion).")
+    source: Literal["predictions", "offline"] = Field(
+        "predictions",
+        description="Current data: the prediction log, or features from the offline store.",
+    )
+    start: datetime | None = Field(None, description="Window start (default: end - 1 day).")
+    end: datetime | None = Field(
+        None, description="Window end, exclusive (default: last UTC midnight)."
+    )
+    repo_path: str | None = Field(None, description="Feast repo (source=offline).")
+    store_profile: Literal["local", "production"] | None = None
+    label_source: str = Field(
+        "sources/transactions", description="Entity rows for source=offline, under the lake."
+    )
+    config: drift.DriftConfig = Field(default_factory=drift.DriftConfig)
+    emit_events: bool = Field(True, description="Emit mlre.model.drift-detected on drift.")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A version's stored drift reference."""
+
+    model_name: str
+    version: str
+    run_id: str
+    frame: pd.DataFrame
+    schema: dict[str, drift.ColumnKind]
+
+
+@dataclass(frozen=True)
+class DriftOutcome:
+    """What the flow found, for callers and the run's result."""
+
+    model_name: str
+    version: str
+    drifted: bool
+    reasons: list[str]
+    drifted_columns: tuple[str, ...]
+    prediction_drifted: bool
+    report_url: str | None
+
+
+@contextmanager
+def _global_tracking_uri(uri: str) -> Iterator[None]:
+    """Set the global URI: `mlflow-artifacts:/` paths resolve against it, whatever is passed."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def _window(params: CheckDriftParams) -> tuple[datetime, datetime]:
+    """[start, end): default the previous full UTC day, the day batch-inference scored."""
+    end = params.end or datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return params.start or end - timedelta(days=1), end
+
+
+def _resolve_version(model_name: str, version: str | None) -> Any:
+    """The requested version, else the champion; a DriftError when there is none."""
+    client = mlflow_client()
+    if version is not None:
+        return registry.get_version(client, model_name, version)
+    champion = registry.champion_version(client, model_name)
+    if champion is None:
+        raise drift.DriftError(
+            f"Model {model_name!r} has no champion; pass `version` or promote one first."
+        )
+    return champion
+
+
+def parse_schema(raw: dict[str, str], label: str) -> dict[str, drift.ColumnKind]:
+    """schema.json -> drift schema of the model inputs (the score column is checked apart)."""
+    unknown = {c: k for c, k in raw.items() if k not in _KINDS}
+    if unknown:
+        raise drift.DriftError(f"{label}: reference/schema.json has unknown kinds {unknown}.")
+    return {c: _KINDS[k] for c, k in raw.items() if c != training.PREDICTION_COLUMN}  # type: ignore[misc]
+
+
+@task(
+    name="load-reference", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=transient_only
+)
+def load_reference(model_name: str, version: str | None) -> Reference:
+    """Download `reference/` of the version's training run: the sample and its schema."""
+    settings = runtime_settings()
+    mv = _resolve_version(model_name, version)
+    label = f"Model {model_name!r} version {mv.version} (run {mv.run_id})"
+    client = mlflow_client()
+    stored = {a.path for a in client.list_artifacts(mv.run_id, REFERENCE_DIR)}
+    needed = {f"{REFERENCE_DIR}/{REFERENCE_FILE}", f"{REFERENCE_DIR}/{SCHEMA_FILE}"}
+    if not needed <= stored:
+        raise drift.DriftError(
+            f"{label} has no drift reference (missing {sorted(needed - stored)}); retrain it "
+            "with the train-model flow, which stores reference/ with the run."
+        )
+    with tempfile.TemporaryDirectory(prefix="mlre-ref-") as tmp:
+        with _global_tracking_uri(settings.mlflow_tracking_uri):
+            local = Path(client.download_artifacts(mv.run_id, REFERENCE_DIR, tmp))
+        frame = pd.read_parquet(local / REFERENCE_FILE)
+        schema = parse_schema(json.loads((local / SCHEMA_FILE).read_text()), label)
+    return Reference(model_name, str(mv.version), mv.run_id, frame, schema)
+
+
+def offline_features(params: CheckDriftParams, service: str, events: pd.DataFrame) -> pd.DataFrame:
+    """Point-in-time features of the service for the window's events (Feast drops unserved rows)."""
+    store = store_for(params.repo_path, params.store_profile)
+    feature_service = get_feature_service(store, service)
+    keys, request = inference.required_columns(store, feature_service)
+    entity = events[[*keys, inference.TIMESTAMP_COLUMN, *request]]
+    return store.get_historical_features(entity_df=entity, features=feature_service).to_df()
+
+
+@task(
+    name="load-current", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=transient_only
+)
+def load_current(params: CheckDriftParams, reference: Reference) -> pd.DataFrame:
+    """The window's rows: the version's predictions, or offline-store features of its events."""
+    settings = runtime_settings()
+    start, end = _window(params)
+    label = f"model {reference.model_name!r} version {reference.version}"
+    if params.source == "predictions":
+        frame = inference.read_predictions(settings.lake_dir, reference.model_name, start, end)
+        frame = frame[frame["model_version"] == reference.version]
+        where = f"the prediction log of {label}"
+    else:
+        tags = mlflow_client().get_model_version(reference.model_name, reference.version).tags
+        service = tags.get(inference.FEATURE_SERVICE_TAG, "fraud_model_v1")
+        events = read_events(settings.lake_dir / params.label_source, start=start, end=end)
+        frame = offline_features(params, service, events) if len(events) else events
+        where = f"the offline store ({service}) for {label}"
+    if frame.empty:
+        raise drift.DriftError(
+            f"The current window [{start:%Y-%m-%d %H:%M}, {end:%Y-%m-%d %H:%M}) of {where} has no "
+            "rows; score that window first or pick one that has data. (No rows is not 'no drift'.)"
+        )
+    return frame.reset_index(drop=True)
+
+
+def check_columns(reference: Reference, current: pd.DataFrame, source: str) -> None:
+    """DriftError naming the model, version and columns the current data lacks."""
+    wanted = [*reference.schema, *([drift.SCORE_COLUMN] if source == "predictions" else [])]
+    missing = [c for c in wanted if c not in current.columns]
+    if missing:
+        raise drift.DriftError(
+            f"Model {reference.model_name!r} version {reference.version}: the current data "
+            f"({source}) lacks column(s) {missing} of the stored reference; the inputs changed: "
+            "fix the producer or retrain on the new inputs."
+        )
+    if training.PREDICTION_COLUMN not in reference.frame.columns:
+        raise drift.DriftError(
+            f"Model {reference.model_name!r} version {reference.version}: the stored reference "
+            f"lacks the {training.PREDICTION_COLUMN!r} score column; retrain to store it."
+        )
+
+
+@task(name="run-drift-checks")
+def run_checks(
+    reference: Reference, current: pd.DataFrame, params: CheckDriftParams
+) -> tuple[drift.DriftResult, drift.ColumnDrift | None]:
+    """Evidently on the feature columns, then prediction drift on the scores."""
+    check_columns(reference, current, params.source)
+    label = f"Model {reference.model_name!r} version {reference.version}"
+    try:
+        result = drift.check_drift(reference.frame, current, reference.schema, params.config)
+    except drift.DriftError as exc:
+        raise drift.DriftError(f"{label}: {exc}") from exc
+    scores = None
+    if params.source == "predictions":
+        scores = drift.prediction_drift(
+            reference.frame[training.PREDICTION_COLUMN], current[drift.SCORE_COLUMN], params.config
+        )
+    return result, scores
+
+
+def verdict(result: drift.DriftResult, scores: drift.ColumnDrift | None) -> tuple[bool, list[str]]:
+    """Drifted when the inputs drifted or the scores did; the reasons for both."""
+    reasons = list(result.decision.reasons)
+    if scores is not None:
+        reasons.append(
+            f"Prediction drift on scores: {scores.method} = {scores.score:.4f} "
+            f"(threshold {scores.threshold:g}): {'drifted' if scores.drifted else 'stable'}."
+        )
+    return result.decision.drifted or bool(scores and scores.drifted), reasons
+
+
+def column_rows(columns: list[drift.ColumnDrift]) -> list[dict[str, Any]]:
+    """One table row per column, every field a reader needs."""
+    return [
+        {
+            "column": c.column,
+            "kind": c.kind,
+            "method": c.method,
+            "score": round(c.score, 5),
+            "threshold": c.threshold,
+            "drifted": c.drifted,
+            "borderline": c.borderline,
+            "missing_share_ref": round(c.missing_share_reference, 4),
+            "missing_share_cur": round(c.missing_share_current, 4),
+            "missing_surge": c.missing_surge,
+            "new_categories": ", ".join(c.new_categories),
+        }
+        for c in columns
+    ]
+
+
+def verdict_markdown(
+    outcome: DriftOutcome, window: tuple[datetime, datetime], source: str, rows: tuple[int, int]
+) -> str:
+    """The markdown artifact: verdict first, then the reasons."""
+    head = "Drift detected" if outcome.drifted else "No drift"
+    lines = [
+        f"# {head}: {outcome.model_name} v{outcome.version}",
+        "",
+        f"Window [{window[0]:%Y-%m-%d %H:%M}, {window[1]:%Y-%m-%d %H:%M}) UTC from {source}; "
+        f"{rows[0]} reference rows vs {rows[1]} current rows.",
+        "",
+        *[f"- {reason}" for reason in outcome.reasons],
+    ]
+    if outcome.report_url:
+        lines += ["", f"[Evidently report in MLflow]({outcome.report_url})"]
+    return "\n".join(lines)
+
+
+@task(
+    name="log-drift-report",
+    retries=3,
+    retry_delay_seconds=[2, 5, 15],
+    retry_condition_fn=transient_only,
+)
+def log_report(reference: Reference, result: drift.DriftResult, stamp: str) -> str | None:
+    """The Evidently HTML under `drift/<stamp>.html` of the version's run; its MLflow UI URL."""
+    if result.report is None:
+        return None
+    settings = runtime_settings()
+    client = mlflow_client()
+    with tempfile.TemporaryDirectory(prefix="mlre-drift-") as tmp:
+        path = drift.save_html(result.report, Path(tmp) / f"{stamp}.html")
+        with _global_tracking_uri(settings.mlflow_tracking_uri):
+            client.log_artifact(reference.run_id, str(path), artifact_path=REPORT_DIR)
+    experiment = client.get_run(reference.run_id).info.experiment_id
+    return (
+        f"{settings.mlflow_tracking_uri}/#/experiments/{experiment}/runs/{reference.run_id}"
+        f"/artifactPath/{REPORT_DIR}/{stamp}.html"
+    )
+
+
+@flow(name="check-drift", log_prints=True)
+def check_drift(params: CheckDriftParams | None = None) -> DriftOutcome:
+    """Champion's training reference vs the current window: table, verdict, report, event."""
+    params = params or CheckDriftParams()
+    model_name = params.model_name or runtime_settings().model_name
+    reference = load_reference(model_name, params.version)
+    current = load_current(params, reference)
+    result, scores = run_checks(reference, current, params)
+    drifted, reasons = verdict(result, scores)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    url = log_report(reference, result, stamp)
+    outcome = DriftOutcome(
+        model_name=model_name,
+        version=reference.version,
+        drifted=drifted,
+        reasons=reasons,
+        drifted_columns=result.decision.drifted_columns,
+        prediction_drifted=bool(scores and scores.drifted),
+        report_url=url,
+    )
+    window = _window(params)
+    create_table_artifact(
+        key="drift-columns",
+        table=column_rows([*result.columns, *([scores] if scores else [])]),
+        description=f"{model_name} v{reference.version}: every column's drift test.",
+    )
+    create_markdown_artifact(
+        key="drift-verdict",
+        markdown=verdict_markdown(
+            outcome, window, params.source, (len(reference.frame), len(current))
+        ),
+    )
+    if url:
+        create_link_artifact(
+            key="drift-report", link=url, link_text=f"Evidently report {stamp} in MLflow"
+        )
+    if drifted and params.emit_events:
+        automations.emit_model_event(
+            automations.DRIFT_EVENT,
+            model_name,
+            reference.version,
+            reasons,
+            {"drifted_columns": list(result.decision.drifted_columns), "report_url": url},
+        )
+    return outcome

@@ -1,0 +1,175 @@
+"""The closed loop: drift / degradation events, and the Prefect automation that retrains on them.
+
+`check-drift` and `monitor-performance` emit `mlre.model.drift-detected` and
+`mlre.model.performance-degraded` on the resource `mlre.model.<model name>` (`emit_model_event`).
+One automation per model (`retrain_automation`) runs the retraining deployment
+(`ml-pipeline/weekly` by default) when either event arrives; `ensure_automations` creates or
+updates it on the current Prefect server, idempotently (`mlre deploy` calls it).
+
+Cooldown: the trigger is Reactive with `threshold=1` and `within=cooldown`. Prefect's trigger
+service (prefect/server/events/triggers.py, `evaluate`) keeps ONE bucket per automation: the first
+matching event opens it, reaches the threshold and fires at once; firing removes the bucket and
+opens the next one at [previous end, previous end + cooldown); an event stamped before a bucket's
+start is dropped as "already fired". Hence:
+
+- each cooldown-long bucket holds at most one retrain, however many events arrive (a storm of
+  drift alerts every few minutes gives one run per cooldown, not one per alert);
+- after a quiet period the next event opens a fresh bucket at its own time, so the first run after
+  it is at least `cooldown` after the previous one;
+- buckets chain back to back while events keep coming, so two runs can sit close together on both
+  sides of a bucket boundary: in any sliding `cooldown`-long interval there are at most TWO runs,
+  and over a period T at most ceil(T / cooldown) + 1.
+
+The state lives in the server's database (buckets survive a restart of the trigger service), and
+the decision is made server-side, so concurrent emitters cannot race past it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+
+from mlre.errors import MlreError
+
+DRIFT_EVENT = "mlre.model.drift-detected"
+DEGRADED_EVENT = "mlre.model.performance-degraded"
+RETRAIN_EVENTS: tuple[str, ...] = (DRIFT_EVENT, DEGRADED_EVENT)
+DEFAULT_DEPLOYMENT = "ml-pipeline/weekly"
+DEFAULT_COOLDOWN = timedelta(hours=6)
+_REASONS_MAX = 20  # event payloads are stored with every event: keep them small
+
+
+class AutomationError(MlreError):
+    """The retrain automation cannot be set up (deployment missing, bad cooldown)."""
+
+
+def model_resource_id(model_name: str) -> str:
+    """The Prefect resource id of a registered model: what events name and triggers match."""
+    return f"mlre.model.{model_name}"
+
+
+def model_resource(model_name: str, version: str | None) -> dict[str, str]:
+    """Resource labels of an event about one model (version when known)."""
+    resource = {
+        "prefect.resource.id": model_resource_id(model_name),
+        "prefect.resource.name": model_name,
+        "mlre.model.name": model_name,
+    }
+    if version is not None:
+        resource["mlre.model.version"] = str(version)
+    return resource
+
+
+def emit_model_event(
+    event: str,
+    model_name: str,
+    version: str | None,
+    reasons: Sequence[str],
+    details: Mapping[str, Any] | None = None,
+) -> Any:
+    """Emit a verdict event (related to the current flow run, if any); returns the Event."""
+    from prefect.events import emit_event
+
+    if event not in RETRAIN_EVENTS:
+        raise AutomationError(f"Unknown mlre event {event!r}; use one of {RETRAIN_EVENTS}.")
+    payload = {"reasons": list(reasons)[:_REASONS_MAX], **dict(details or {})}
+    return emit_event(event=event, resource=model_resource(model_name, version), payload=payload)
+
+
+def automation_name(model_name: str) -> str:
+    """The one retrain automation of a model (its name is the idempotency key)."""
+    return f"mlre-retrain-{model_name}"
+
+
+def retrain_automation(
+    model_name: str,
+    deployment_id: Any,
+    cooldown: timedelta = DEFAULT_COOLDOWN,
+    *,
+    name: str | None = None,
+    events: Sequence[str] = RETRAIN_EVENTS,
+) -> Any:
+    """Automation: a drift or degradation event of `model_name` runs the deployment, once per
+    cooldown (see the module docstring for the exact guarantee)."""
+    from prefect.automations import Automation, EventTrigger, Posture, RunDeployment
+
+    if cooldown < timedelta(0):
+        raise AutomationError(f"cooldown must not be negative, got {cooldown}.")
+    return Automation(
+        name=name or automation_name(model_name),
+        description=(
+            f"Retrain {model_name} when {' or '.join(events)} arrives; at most one run per "
+            f"{cooldown} bucket (managed by mlre.automations.ensure_automations)."
+        ),
+        enabled=True,
+        trigger=EventTrigger(
+            expect=set(events),
+            match={"prefect.resource.id": model_resource_id(model_name)},
+            posture=Posture.Reactive,
+            threshold=1,
+            within=cooldown,
+        ),
+        actions=[RunDeployment(source="selected", deployment_id=deployment_id)],
+    )
+
+
+def _core(automation: Any) -> Any:
+    """The automation as the API's create/update body (no id)."""
+    from prefect.events.schemas.automations import AutomationCore
+
+    return AutomationCore(**automation.model_dump(exclude={"id"}))
+
+
+def _spec(automation: Any) -> dict[str, Any]:
+    """What makes two automations the same, without server-assigned ids."""
+    data = _core(automation).model_dump(mode="json", exclude={"owner_resource"})
+    data["trigger"].pop("id", None)
+    data["trigger"]["expect"] = sorted(data["trigger"]["expect"])
+    return data
+
+
+def ensure_automations(
+    deployment_name: str = DEFAULT_DEPLOYMENT,
+    cooldown: timedelta = DEFAULT_COOLDOWN,
+    model_name: str | None = None,
+) -> list[Any]:
+    """Create or update the retrain automation on the current Prefect server; idempotent.
+
+    An unchanged automation is left alone: updating it would reset its trigger bucket and with
+    it a running cooldown. Duplicates by name (e.g. from a race) are deleted.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.events.schemas.automations import AutomationCore
+    from prefect.exceptions import ObjectNotFound
+
+    from mlre.settings import get_settings
+
+    if cooldown <= timedelta(0):
+        raise AutomationError(
+            f"cooldown must be positive (got {cooldown}); it is what prevents retrain storms."
+        )
+    model_name = model_name or get_settings().model_name
+    with get_client(sync_client=True) as client:
+        try:
+            deployment = client.read_deployment_by_name(deployment_name)
+        except ObjectNotFound as exc:
+            raise AutomationError(
+                f"Deployment {deployment_name!r} does not exist on {client.api_url}; deploy the "
+                "retraining pipeline first (prefect --no-prompt deploy --all), then call "
+                "ensure_automations again."
+            ) from exc
+        wanted = retrain_automation(model_name, deployment.id, cooldown)
+        existing = client.read_automations_by_name(wanted.name)
+        for extra in existing[1:]:
+            client.delete_automation(extra.id)
+        if not existing:
+            wanted.id = client.create_automation(_core(wanted))
+        elif _spec(existing[0]) != _spec(wanted):
+            # PUT refuses `owner_resource` (a create-only field); send it unset, as Prefect does.
+            body = AutomationCore(**wanted.model_dump(exclude={"id", "owner_resource"}))
+            client.update_automation(existing[0].id, body)
+            wanted.id = existing[0].id
+        else:
+            wanted = existing[0]
+    return [wanted]
