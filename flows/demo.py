@@ -1,11 +1,16 @@
-"""What `mlre demo` runs on the local platform, and the summary it prints."""
+"""What `mlre demo` runs on the local platform (the ml-pipeline deployment, through the worker),
+and the summary it prints."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
-from flows.pipeline import PipelineSummary, ml_pipeline
+from mlre import registry
+from mlre.errors import PlatformError
 from mlre.settings import Settings
+
+PIPELINE_DEPLOYMENT = "ml-pipeline/weekly"
 
 
 def flow_run_url(settings: Settings, flow_run_id: object) -> str:
@@ -19,33 +24,71 @@ def model_url(settings: Settings, version: str | None = None) -> str:
     return f"{base}/versions/{version}" if version else base
 
 
-def summary_lines(settings: Settings, summary: PipelineSummary, run_url: str) -> list[str]:
-    """The lines a person reads at the end of the demo."""
-    gate = summary.gate
-    verdict = "PROMOTED to champion" if summary.promoted else "REFUSED (champion unchanged)"
-    lines = [
-        f"model {settings.model_name} version {summary.version}: {verdict}",
-        f"  judged against champion: {gate.champion_version or '(none: first model)'}",
-        *(f"  - {reason}" for reason in gate.reasons[:6]),
-        f"champion now: version {summary.champion_version or '(none)'}",
-    ]
-    if summary.scored:
-        lines.append(
-            f"batch inference: {summary.scored['scored']:,} predictions -> "
-            f"{summary.scored['partition']}"
-        )
+def gate_reasons(tag: str) -> list[str]:
+    """The gate's reasons from the version tag (a JSON list, or ' | '-joined text)."""
+    try:
+        reasons = json.loads(tag)
+    except ValueError:
+        reasons = tag.split(" | ")
+    return [str(r).strip() for r in reasons if str(r).strip()]
+
+
+def registry_summary(settings: Settings) -> list[str]:
+    """The newest version's gate decision and where the aliases point, read from MLflow."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    name = settings.model_name
+    versions = client.search_model_versions(f"name='{name}'")
+    if not versions:
+        return [f"model {name}: no version registered (see the run's logs)"]
+    newest = max(versions, key=lambda v: int(v.version))
+    champion = registry.champion_version(client, name)
+    passed = newest.tags.get("gate.passed") == "true"
+    promoted = champion is not None and champion.version == newest.version
+    verdict = (
+        "PROMOTED to champion"
+        if promoted
+        else "passed the gate (challenger)"
+        if passed
+        else "REFUSED (champion unchanged)"
+    )
+    history = registry.history(client, name)
+    judged = (
+        next((r.from_version for r in reversed(history) if r.to_version == newest.version), None)
+        if promoted
+        else (champion.version if champion else None)
+    )
+    reasons = gate_reasons(newest.tags.get("gate.reasons", ""))
     return [
-        *lines,
-        "",
-        f"Prefect UI (this run, its subflows and artifacts): {run_url}",
-        f"MLflow UI (the registered model and its aliases):  {model_url(settings)}",
-        "Run `make demo` again to train a challenger against this champion; `make down` stops.",
+        f"model {name} version {newest.version}: {verdict}",
+        f"  judged against champion: {judged or '(none: first model)'}",
+        *(f"  - {reason}" for reason in reasons[:6]),
+        f"champion now: version {champion.version if champion else '(none)'}",
     ]
 
 
 def run_demo(settings: Settings, echo: Callable[[str], None] = print) -> list[str]:
-    """Run the ml-pipeline against the local servers; return the summary lines."""
-    echo("running ml-pipeline: materialize -> consistency -> train -> evaluate -> promote -> infer")
-    state = ml_pipeline(return_state=True)
-    summary = state.result()
-    return summary_lines(settings, summary, flow_run_url(settings, state.state_details.flow_run_id))
+    """Trigger the pipeline deployment, follow it through the worker, summarise from MLflow."""
+    from mlre import deploy
+
+    echo(
+        f"triggering {PIPELINE_DEPLOYMENT}: materialize -> consistency -> train -> evaluate -> "
+        "promote -> batch inference (run by the local worker)"
+    )
+    flow_run = deploy.trigger(PIPELINE_DEPLOYMENT)
+    url = flow_run_url(settings, flow_run.id)
+    echo(f"  watch it live: {url}")
+    state = deploy.follow(flow_run.id, echo)
+    if state != "COMPLETED":
+        raise PlatformError(
+            f"{PIPELINE_DEPLOYMENT} ended {state.lower()}: open {url} for the failed task and its "
+            "logs (worker log: .mlre/logs/worker-local.log)."
+        )
+    return [
+        *registry_summary(settings),
+        "",
+        f"Prefect UI (this run, its subflows and artifacts): {url}",
+        f"MLflow UI (the registered model and its aliases):  {model_url(settings)}",
+        "Run `make demo` again to train a challenger against this champion; `make down` stops.",
+    ]

@@ -226,6 +226,43 @@ def _history(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+@command("deploy", help="deploy every flow in prefect.yaml to the local pool and start a worker")
+def _deploy(args: argparse.Namespace, settings: Settings) -> int:
+    from mlre import deploy
+
+    created = deploy.ensure_local_pool()
+    _echo(f"work pool {deploy.k8s_labels.LOCAL_WORK_POOL!r}: {'created' if created else 'exists'}")
+    _echo("deploying every flow in prefect.yaml ...")
+    deploy.deploy_all(settings)
+    deploy.ensure_retrain_automation(settings)
+    _echo(f"automation mlre-retrain-{settings.model_name}: drift/degradation -> ml-pipeline/weekly")
+    for name in deploy.deployment_names():
+        _echo(f"  {name}")
+    started = deploy.ensure_worker(settings)
+    _echo(
+        f"worker: {'started' if started else 'already running'} (log: .mlre/logs/worker-local.log)"
+    )
+    return 0
+
+
+def _configure_run(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("deployment", help="FLOW/DEPLOYMENT, e.g. ml-pipeline/weekly")
+    parser.add_argument("--no-wait", action="store_true", help="trigger and return")
+
+
+@command("run", help="trigger a deployment and follow it to the end", configure=_configure_run)
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    from flows.demo import flow_run_url
+    from mlre import deploy
+
+    flow_run = deploy.trigger(args.deployment)
+    _echo(f"{args.deployment}: flow run {flow_run.name} -> {flow_run_url(settings, flow_run.id)}")
+    if args.no_wait:
+        return 0
+    state = deploy.follow(flow_run.id, _echo)
+    return 0 if state == "COMPLETED" else 1
+
+
 def _configure_demo(parser: argparse.ArgumentParser) -> None:
     _configure_generate(parser)
     parser.add_argument("--regenerate", action="store_true", help="land fresh source data")
@@ -238,6 +275,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     platform.up(settings, echo=_echo)
     if args.regenerate or not (settings.lake_dir / "sources").exists():
         _generate(args, settings)
+    _deploy(args, settings)
     summary = run_demo(settings, echo=_echo)
     _echo("")
     for line in summary:

@@ -22,6 +22,7 @@ from feast import (
     RepoConfig,
 )
 from feast.data_source import DataSource
+from feast.feature_view import DUMMY_ENTITY
 from feast.repo_contents import RepoContents
 from feast.repo_operations import apply_total_with_repo_instance, get_repo_files
 from feast.stream_feature_view import StreamFeatureView
@@ -169,6 +170,9 @@ def _collect(objects: list[Any]) -> RepoContents:
     """Group objects the way `feast apply` does (stream views are not plain feature views)."""
     stream_views = _unique(objects, StreamFeatureView)
     feature_views = [fv for fv in _unique(objects, FeatureView) if fv not in stream_views]
+    # `feast apply` always registers the dummy entity that entity-less views (and feature
+    # services with on-demand views) resolve through; without it online reads of a service fail.
+    entities = [*_unique(objects, Entity), DUMMY_ENTITY]
     return RepoContents(
         projects=_unique(objects, Project),
         data_sources=_unique(objects, DataSource),
@@ -176,7 +180,7 @@ def _collect(objects: list[Any]) -> RepoContents:
         on_demand_feature_views=_unique(objects, OnDemandFeatureView),
         stream_feature_views=stream_views,
         label_views=[],
-        entities=_unique(objects, Entity),
+        entities=entities,
         feature_services=_unique(objects, FeatureService),
         permissions=[],
     )
