@@ -82,6 +82,12 @@ class ServicesConfig:
     feast_project: str
     feast_min_replicas: int
     feast_max_replicas: int
+    serving_image: str
+    serving_min_replicas: int
+    serving_max_replicas: int
+    serving_cpu_target: int
+    serving_cpu_request: str
+    serving_memory: str
     prefect_image: str
     prefect_api_url: str
     prefect_api_key: pulumi.Output[str]
@@ -216,8 +222,27 @@ def _data(cfg: pulumi.Config) -> DataConfig:
     )
 
 
+def _serving_bounds(cfg: pulumi.Config) -> tuple[int, int, int]:
+    """HPA floor, ceiling and CPU target of the prediction service, checked against each other."""
+    low, high = cfg.require_int("servingReplicasMin"), cfg.require_int("servingReplicasMax")
+    target = cfg.require_int("servingCpuTarget")
+    if low < 2:
+        raise InfraConfigError(
+            "mlre:servingReplicasMin must be >= 2: with one replica the PodDisruptionBudget "
+            "(minAvailable 1) blocks every node drain and scale-down"
+        )
+    if high < low:
+        raise InfraConfigError(
+            f"mlre:servingReplicasMax ({high}) is below mlre:servingReplicasMin ({low})"
+        )
+    if not 1 <= target <= 100:
+        raise InfraConfigError(f"mlre:servingCpuTarget is {target}; use a percentage 1-100")
+    return low, high, target
+
+
 def _services(cfg: pulumi.Config) -> ServicesConfig:
     """Kubernetes services section; the Prefect API key is only ever a secret."""
+    serving_min, serving_max, serving_cpu_target = _serving_bounds(cfg)
     return ServicesConfig(
         platform_namespace=cfg.require("platformNamespace"),
         expose_services_publicly=cfg.require_bool("exposeServicesPublicly"),
@@ -227,6 +252,12 @@ def _services(cfg: pulumi.Config) -> ServicesConfig:
         feast_project=cfg.require("feastProject"),
         feast_min_replicas=cfg.require_int("feastMinReplicas"),
         feast_max_replicas=cfg.require_int("feastMaxReplicas"),
+        serving_image=cfg.require("servingImage"),
+        serving_min_replicas=serving_min,
+        serving_max_replicas=serving_max,
+        serving_cpu_target=serving_cpu_target,
+        serving_cpu_request=cfg.require("servingCpuRequest"),
+        serving_memory=cfg.require("servingMemory"),
         prefect_image=cfg.require("prefectImage"),
         prefect_api_url=cfg.require("prefectApiUrl"),
         prefect_api_key=cfg.require_secret("prefectApiKey"),

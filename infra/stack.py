@@ -12,10 +12,12 @@ from infra.config import StackConfig
 from infra.database import Database
 from infra.feast_service import FeastService
 from infra.k8s import namespace
+from infra.mlflow_service import APP as MLFLOW_APP
 from infra.mlflow_service import MlflowService
 from infra.network import Network
 from infra.node_pools import CpuNodePool, GpuNodePool
 from infra.prefect_worker import PrefectWorkers
+from infra.serving_service import ServingService, in_cluster_url
 from infra.storage import Storage
 from mlre import k8s_labels
 
@@ -108,6 +110,28 @@ def build(cfg: StackConfig) -> dict[str, pulumi.Input[object]]:
         opts=after_ns,
         **irsa,
     )
+    serving = ServingService(
+        f"{p}-serving",
+        namespace=svc.platform_namespace,
+        image=svc.serving_image,
+        min_replicas=svc.serving_min_replicas,
+        max_replicas=svc.serving_max_replicas,
+        cpu_target=svc.serving_cpu_target,
+        cpu_request=svc.serving_cpu_request,
+        memory=svc.serving_memory,
+        public=svc.expose_services_publicly,
+        region=cfg.region,
+        # In-cluster even when MLflow is public: model downloads stay off the load balancer.
+        mlflow_uri=in_cluster_url(MLFLOW_APP, svc.platform_namespace),
+        mlflow_password=mlflow.admin_password.result,
+        lake_bucket=buckets["feature-lake"].name,
+        readable_bucket_arns=[buckets["feature-lake"].arn, buckets["feast-registry"].arn],
+        prediction_log_bucket_arn=buckets["prediction-log"].arn,
+        registry_url=db.url("psycopg"),
+        redis_connection=cache.feast_connection(),
+        opts=after_ns,
+        **irsa,
+    )
     workers = PrefectWorkers(
         f"{p}-prefect",
         image=svc.prefect_image,
@@ -127,6 +151,8 @@ def build(cfg: StackConfig) -> dict[str, pulumi.Input[object]]:
         "vpc_id": net.vpc_id,
         "mlflow_url": mlflow.url,
         "feast_feature_server_url": feast.url,
+        "serving_url": serving.url,
+        "serving_role_arn": serving.role.arn,
         "mlflow_artifacts_bucket": buckets["mlflow-artifacts"].name,
         "feature_lake_bucket": buckets["feature-lake"].name,
         "feast_registry_bucket": buckets["feast-registry"].name,
