@@ -27,6 +27,7 @@ RUN python -m venv /opt/venv \
 COPY pyproject.toml README.md ./
 COPY mlre/ mlre/
 COPY flows/ flows/
+COPY serving/ serving/
 # The lock decides every version: `.` brings only the runtime dependencies (no infra, no dev extras).
 # Wheels only: the slim base has no compiler, and an sdist build would be an unlocked toolchain.
 RUN pip install --no-cache-dir --no-build-isolation --only-binary=:all: -c constraints.txt .
@@ -59,6 +60,7 @@ COPY --from=builder /opt/venv /opt/venv
 COPY feature_repo/ feature_repo/
 COPY mlre/ mlre/
 COPY flows/ flows/
+COPY serving/ serving/
 COPY deploy/image_check.py deploy/
 
 USER 10001:10001

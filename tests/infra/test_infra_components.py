@@ -217,6 +217,7 @@ def test_irsa_roles_trust_one_service_account_each(stack_run: Run) -> None:
         "system:serviceaccount:kube-system:cluster-autoscaler",
         "system:serviceaccount:mlre-platform:mlflow",
         "system:serviceaccount:mlre-platform:feast",
+        "system:serviceaccount:mlre-platform:serving",
         f"system:serviceaccount:{k8s_labels.FLOWS_NAMESPACE}:{k8s_labels.FLOWS_SERVICE_ACCOUNT}",
     ])  # fmt: skip
 
@@ -269,7 +270,7 @@ def test_public_exposure_only_behind_the_flag() -> None:
     run = run_stack("dev", {"mlre:exposeServicesPublicly": True})
     types = {r.inputs["metadata"]["name"]: r.inputs["spec"]["type"]
              for r in run.of_type("kubernetes:core/v1:Service")}  # fmt: skip
-    assert types == {"mlflow": "LoadBalancer", "feast": "LoadBalancer"}
+    assert types == {"mlflow": "LoadBalancer", "feast": "LoadBalancer", "serving": "LoadBalancer"}
     assert run.outputs["mlflow_url"].endswith(".elb.example.com")
 
 

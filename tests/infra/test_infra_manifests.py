@@ -70,7 +70,7 @@ def test_expected_objects_exist() -> None:
 @pytest.mark.parametrize("stack", ["dev", "prod"])
 def test_deployments_are_non_root_probed_and_sized(stack: str) -> None:
     deployments = _deployments(_run(stack))
-    assert len(deployments) == 4
+    assert len(deployments) == 5
     for deployment in deployments:
         pod = deployment["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
@@ -110,7 +110,8 @@ def test_feast_config_is_production_shaped_without_secrets() -> None:
 
 def test_feast_hpa_targets_the_deployment() -> None:
     for stack in ("dev", "prod"):
-        (hpa,) = [m for m in manifests(_run(stack)) if m["kind"] == "HorizontalPodAutoscaler"]
+        (hpa,) = [m for m in manifests(_run(stack)) if m["kind"] == "HorizontalPodAutoscaler"
+                  and m["metadata"]["name"] == "feast"]  # fmt: skip
         assert hpa["apiVersion"] == "autoscaling/v2"
         assert hpa["spec"]["scaleTargetRef"]["name"] == "feast"
         assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
