@@ -57,6 +57,9 @@ lint: install
 bench: install  ## speed and memory benchmarks, JSON under bench/results/
 	$(BIN)/python -m bench
 
+reliability: install  ## bad-input corpus: prints the table, writes bench/results/reliability.json
+	$(BIN)/python -m tests.reliability.summary
+
 clean:
 	-$(BIN)/mlre down
 	rm -rf $(STATE)

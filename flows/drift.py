@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,6 +22,7 @@ from flows._common import mlflow_client, runtime_settings, store_for, transient_
 from mlre import automations, drift, inference, registry, training
 from mlre.data.lake import read_events
 from mlre.features.store import get_feature_service
+from mlre.mlflow_uri import global_tracking_uri
 
 REFERENCE_DIR = "reference"
 REFERENCE_FILE = "reference.parquet"
@@ -79,19 +78,6 @@ class DriftOutcome:
     report_url: str | None
 
 
-@contextmanager
-def _global_tracking_uri(uri: str) -> Iterator[None]:
-    """Set the global URI: `mlflow-artifacts:/` paths resolve against it, whatever is passed."""
-    import mlflow
-
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous)
-
-
 def _window(params: CheckDriftParams) -> tuple[datetime, datetime]:
     """[start, end): default the previous full UTC day, the day batch-inference scored."""
     end = params.end or datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -136,7 +122,7 @@ def load_reference(model_name: str, version: str | None) -> Reference:
             "with the train-model flow, which stores reference/ with the run."
         )
     with tempfile.TemporaryDirectory(prefix="mlre-ref-") as tmp:
-        with _global_tracking_uri(settings.mlflow_tracking_uri):
+        with global_tracking_uri(settings.mlflow_tracking_uri):
             local = Path(client.download_artifacts(mv.run_id, REFERENCE_DIR, tmp))
         frame = pd.read_parquet(local / REFERENCE_FILE)
         schema = parse_schema(json.loads((local / SCHEMA_FILE).read_text()), label)
@@ -277,7 +263,7 @@ def log_report(reference: Reference, result: drift.DriftResult, stamp: str) -> s
     client = mlflow_client()
     with tempfile.TemporaryDirectory(prefix="mlre-drift-") as tmp:
         path = drift.save_html(result.report, Path(tmp) / f"{stamp}.html")
-        with _global_tracking_uri(settings.mlflow_tracking_uri):
+        with global_tracking_uri(settings.mlflow_tracking_uri):
             client.log_artifact(reference.run_id, str(path), artifact_path=REPORT_DIR)
     experiment = client.get_run(reference.run_id).info.experiment_id
     return (

@@ -35,6 +35,7 @@ from feast import FeatureService, FeatureStore
 from mlre.data.generator import ENTITY_COLUMN, TIMESTAMP_COLUMN
 from mlre.errors import MlreError
 from mlre.features.store import get_feature_service
+from mlre.mlflow_uri import global_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +110,11 @@ def load_version(tracking_uri: str, model_name: str, version: str) -> Any:
     from mlflow.exceptions import MlflowException
 
     uri = f"models:/{model_name}/{version}"
-    previous = mlflow.get_tracking_uri()
-    # `mlflow-artifacts:/` locations resolve against the global tracking URI, whatever is passed.
-    mlflow.set_tracking_uri(tracking_uri)
     try:
-        with tempfile.TemporaryDirectory(prefix="mlre-model-") as tmp:
+        with (
+            global_tracking_uri(tracking_uri),
+            tempfile.TemporaryDirectory(prefix="mlre-model-") as tmp,
+        ):
             local = mlflow.artifacts.download_artifacts(
                 artifact_uri=uri, dst_path=tmp, tracking_uri=tracking_uri, registry_uri=tracking_uri
             )
@@ -123,8 +124,6 @@ def load_version(tracking_uri: str, model_name: str, version: str) -> Any:
             f"Could not load {uri} from {tracking_uri}: {exc.message}. Check that the version "
             "was logged with the sklearn flavor and its artifacts are reachable."
         ) from exc
-    finally:
-        mlflow.set_tracking_uri(previous)
 
 
 # --------------------------------------------------------------------------------------------

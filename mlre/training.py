@@ -13,12 +13,9 @@ import hashlib
 import itertools
 import json
 import math
-import os
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +35,7 @@ from threadpoolctl import threadpool_limits
 
 from mlre.errors import MlreError
 from mlre.evaluation import choose_threshold, compute_metrics, score
+from mlre.mlflow_uri import global_tracking_uri
 from mlre.settings import PROJECT_ROOT, get_settings
 
 ModelFamily = Literal["logistic_regression", "hist_gradient_boosting", "random_forest"]
@@ -633,23 +631,6 @@ def _experiment_id(client: Any, name: str, artifact_location: str | None) -> str
     return client.create_experiment(name, artifact_location=artifact_location)
 
 
-@contextmanager
-def _tracking_uri(uri: str) -> Iterator[None]:
-    """Point MLflow's fluent API (log_model needs it) at `uri` for one call, then restore it all."""
-    import mlflow
-    from mlflow.tracking._tracking_service import utils
-
-    # set_tracking_uri(None) would also unset MLFLOW_TRACKING_URI: restore that separately.
-    saved_global, saved_env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(saved_global)
-        if saved_env is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = saved_env
-
-
 def log_training_run(
     trained: TrainedModel,
     training_set: TrainingSet,
@@ -686,7 +667,7 @@ def log_training_run(
     }
     metrics = _run_metrics(trained, training_set, split, config)
     with (
-        _tracking_uri(uri),
+        global_tracking_uri(uri),
         mlflow.start_run(experiment_id=experiment_id, tags=tags) as run,
         tempfile.TemporaryDirectory(prefix="mlre-train-") as tmp,
     ):

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from feast import FeatureStore
 from prometheus_client import (
@@ -421,6 +422,24 @@ def build_service(
     )
 
 
+def _json_safe(value: Any) -> Any:
+    """Inputs echoed in a 422 as JSON: non-finite floats (amount=Infinity) become strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """422 naming the bad field; FastAPI's own handler cannot encode an echoed Infinity (500)."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    detail = [{k: _json_safe(v) for k, v in e.items() if k != "ctx"} for e in errors]
+    return JSONResponse(status_code=422, content={"detail": detail})
+
+
 def create_app(
     settings: Settings,
     config: ServingConfig | None = None,
@@ -443,6 +462,7 @@ def create_app(
             svc.close()
 
     app = FastAPI(title="mlre prediction service", lifespan=lifespan)
+    app.add_exception_handler(RequestValidationError, _validation_error)
     app.state.service = svc
 
     @app.post("/predict", response_model=PredictResponse)

@@ -30,6 +30,7 @@ from mlre.inference import (
     score_frame,
     write_predictions,
 )
+from mlre.mlflow_uri import global_tracking_uri
 from mlre.registry import file_lock, promote
 from tests.integration.conftest import FeatureEnv, recent_config
 from tests.support.mlflow_server import MlflowServer
@@ -61,12 +62,8 @@ LOG_SCHEMA = pa.schema(
 
 @pytest.fixture(scope="module")
 def tracking_uri(mlflow_server: MlflowServer) -> Iterator[str]:
-    saved = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(mlflow_server.tracking_uri)
-    try:
+    with global_tracking_uri(mlflow_server.tracking_uri):
         yield mlflow_server.tracking_uri
-    finally:
-        mlflow.set_tracking_uri(saved)
 
 
 @pytest.fixture

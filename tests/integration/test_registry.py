@@ -19,6 +19,7 @@ import pytest
 from mlflow import MlflowClient
 from sklearn.linear_model import LogisticRegression
 
+from mlre.mlflow_uri import global_tracking_uri
 from mlre.registry import (
     CHALLENGER,
     CHAMPION,
@@ -49,12 +50,8 @@ Register = Callable[[int], tuple[str, list[str]]]
 @pytest.fixture(scope="module")
 def client(mlflow_server: MlflowServer) -> Iterator[MlflowClient]:
     """A client of the session server; the global tracking URI points there for log_model."""
-    saved = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(mlflow_server.tracking_uri)
-    try:
+    with global_tracking_uri(mlflow_server.tracking_uri):
         yield MlflowClient(mlflow_server.tracking_uri)
-    finally:
-        mlflow.set_tracking_uri(saved)
 
 
 @pytest.fixture(scope="module")

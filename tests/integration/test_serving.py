@@ -24,6 +24,7 @@ from mlflow import MlflowClient
 
 from mlre.canary import CANARY_SHARE_TAG, in_canary
 from mlre.inference import read_predictions
+from mlre.mlflow_uri import global_tracking_uri
 from mlre.settings import PROJECT_ROOT, Settings
 from serving.app import create_app
 from serving.config import ServingConfig
@@ -97,9 +98,7 @@ def register_model(
         ]
     ).fit(frame, label)
     model.named_steps["model"].intercept_ += shift
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri)
-    try:
+    with global_tracking_uri(tracking_uri):
         mlflow.set_experiment(f"serving-{model_name}")
         with mlflow.start_run():
             info = mlflow.sklearn.log_model(
@@ -109,8 +108,6 @@ def register_model(
                 pip_requirements=["scikit-learn"],
                 skops_trusted_types=["numpy.dtype"],
             )
-    finally:
-        mlflow.set_tracking_uri(previous)
     version = str(info.registered_model_version)
     MlflowClient(tracking_uri).set_model_version_tag(
         model_name, version, "feature_service", SERVICE

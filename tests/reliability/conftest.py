@@ -26,6 +26,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 
 from mlre import inference, registry
 from mlre.data.lake import read_events
+from mlre.mlflow_uri import global_tracking_uri
 from mlre.settings import Settings, get_settings
 from tests.integration.conftest import build_feature_env, recent_config
 from tests.reliability.harness import SERVICE, Platform, promote, register_versions
@@ -107,9 +108,7 @@ def _fit_tiny_model(store, labels: pd.DataFrame) -> Pipeline:
 
 def _log_model(model: Pipeline, tracking_uri: str) -> str:
     """Log the model once; every version of the corpus is registered from this URI (no upload)."""
-    saved = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri)
-    try:
+    with global_tracking_uri(tracking_uri):
         mlflow.set_experiment("reliability")
         with mlflow.start_run():
             mlflow.set_tag(inference.FEATURE_SERVICE_TAG, SERVICE)
@@ -120,8 +119,6 @@ def _log_model(model: Pipeline, tracking_uri: str) -> str:
                 # SimpleImputer keeps a numpy dtype, which skops does not trust by default.
                 skops_trusted_types=["numpy.dtype"],
             )
-    finally:
-        mlflow.set_tracking_uri(saved)
     return info.model_uri
 
 

@@ -24,6 +24,7 @@ from mlre import registry
 from mlre.features.consistency import read_online
 from mlre.features.store import open_store
 from mlre.inference import FEATURE_SERVICE_TAG, read_predictions
+from mlre.mlflow_uri import global_tracking_uri
 from mlre.registry import history
 from mlre.settings import Settings
 
@@ -93,12 +94,8 @@ class StateChanged(AssertionError):
 
 def register_versions(tracking_uri: str, model_uri: str, name: str, count: int) -> list[str]:
     """`count` READY versions of the logged model under `name`, tagged with their service."""
-    saved = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri)
-    try:
+    with global_tracking_uri(tracking_uri):
         versions = [str(mlflow.register_model(model_uri, name).version) for _ in range(count)]
-    finally:
-        mlflow.set_tracking_uri(saved)
     client = MlflowClient(tracking_uri)
     for version in versions:
         client.set_model_version_tag(name, version, FEATURE_SERVICE_TAG, SERVICE)

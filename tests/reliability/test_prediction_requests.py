@@ -55,11 +55,6 @@ class Refusal:
 
 
 TOO_MANY = [_instance(1001 + i) for i in range(MAX_INSTANCES + 1)]
-# Known bug, reported to serving/: FastAPI echoes the refused `inf` back in the 422 body, the
-# JSON encoder cannot write it, and the client gets a 500 instead.
-INF_BUG = pytest.mark.xfail(
-    raises=AssertionError, strict=True, reason="serving answers 500, not 422, for amount=inf"
-)
 CASES = [
     pytest.param({"instances": [{"amount": 12.5}]},
                  Refusal(422, ("customer_id",), "Field required"), id="missing_key"),
@@ -72,8 +67,7 @@ CASES = [
     pytest.param({"instances": [_instance(amount=-3.0)]},
                  Refusal(422, ("amount",), "greater than or equal to 0"), id="negative_amount"),
     pytest.param('{"instances": [{"customer_id": 1001, "amount": Infinity}]}',
-                 Refusal(422, ("amount",), "finite number"), id="non_finite_amount",
-                 marks=INF_BUG),
+                 Refusal(422, ("amount",), "finite number"), id="non_finite_amount"),
     pytest.param({"instances": [{**_instance(), "request_id": "x" * 500}]},
                  Refusal(422, ("request_id",), "at most 128 characters"),
                  id="oversized_request_id"),
