@@ -7,13 +7,13 @@ import pulumi_kubernetes as k8s
 
 from infra import iam
 from infra.k8s import (
-    IRSA_ANNOTATION,
     cpu_pool_selector,
     http_probes,
+    http_service,
+    irsa_service_account,
     pod_security_context,
     resources,
     restricted_security_context,
-    service_type,
 )
 
 APP = "feast"
@@ -72,23 +72,15 @@ class FeastService(pulumi.ComponentResource):
         policy = pulumi.Output.all(kms_key_arn, *readable_bucket_arns).apply(
             lambda a: iam.document(iam.s3_access_statements(a[1:], a[0], write=False))
         )
-        role = iam.irsa_role(
-            f"{name}-irsa",
+        irsa_service_account(
+            name,
+            service_account=APP,
+            namespace=namespace,
+            policy=policy,
             oidc_provider_arn=oidc_provider_arn,
             oidc_issuer_url=oidc_issuer_url,
-            namespace=namespace,
-            service_account=APP,
-            policy=policy,
             parent=self,
-        )
-        k8s.core.v1.ServiceAccount(
-            f"{name}-sa",
-            metadata={
-                "name": APP,
-                "namespace": namespace,
-                "annotations": {IRSA_ANNOTATION: role.arn},
-            },
-            opts=k8s_opts,
+            provider=provider,
         )
         config = k8s.core.v1.ConfigMap(
             f"{name}-config",
@@ -161,15 +153,8 @@ class FeastService(pulumi.ComponentResource):
             },
             opts=k8s_opts,
         )
-        service = k8s.core.v1.Service(
-            f"{name}-service",
-            metadata={"name": APP, "namespace": namespace, "labels": labels},
-            spec={
-                "type": service_type(public),
-                "selector": labels,
-                "ports": [{"name": "http", "port": 80, "target_port": "http"}],
-            },
-            opts=k8s_opts,
+        service = http_service(
+            name, app=APP, namespace=namespace, labels=labels, public=public, opts=k8s_opts
         )
         k8s.autoscaling.v2.HorizontalPodAutoscaler(
             f"{name}-hpa",

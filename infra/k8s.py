@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pulumi
+import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
+from infra import iam
 from mlre import k8s_labels
 
 IRSA_ANNOTATION = "eks.amazonaws.com/role-arn"
@@ -73,3 +75,59 @@ def namespace(
 def service_type(public: bool) -> str:
     """LoadBalancer only when a config flag says so; ClusterIP otherwise."""
     return "LoadBalancer" if public else "ClusterIP"
+
+
+def irsa_service_account(
+    name: str,
+    *,
+    service_account: str,
+    namespace: str,
+    policy: pulumi.Input[str],
+    oidc_provider_arn: pulumi.Input[str],
+    oidc_issuer_url: pulumi.Input[str],
+    parent: pulumi.Resource,
+    provider: k8s.Provider,
+) -> aws.iam.Role:
+    """An IRSA role with one inline policy (`<name>-irsa`) and the ServiceAccount (`<name>-sa`)
+    annotated with it, so pods running as that account get exactly that policy."""
+    role = iam.irsa_role(
+        f"{name}-irsa",
+        oidc_provider_arn=oidc_provider_arn,
+        oidc_issuer_url=oidc_issuer_url,
+        namespace=namespace,
+        service_account=service_account,
+        policy=policy,
+        parent=parent,
+    )
+    k8s.core.v1.ServiceAccount(
+        f"{name}-sa",
+        metadata={
+            "name": service_account,
+            "namespace": namespace,
+            "annotations": {IRSA_ANNOTATION: role.arn},
+        },
+        opts=pulumi.ResourceOptions(parent=parent, provider=provider),
+    )
+    return role
+
+
+def http_service(
+    name: str,
+    *,
+    app: str,
+    namespace: str,
+    labels: dict[str, str],
+    public: bool,
+    opts: pulumi.ResourceOptions,
+) -> k8s.core.v1.Service:
+    """Port 80 in front of the pods' named `http` port; ClusterIP unless `public`."""
+    return k8s.core.v1.Service(
+        f"{name}-service",
+        metadata={"name": app, "namespace": namespace, "labels": labels},
+        spec={
+            "type": service_type(public),
+            "selector": labels,
+            "ports": [{"name": "http", "port": 80, "target_port": "http"}],
+        },
+        opts=opts,
+    )

@@ -8,13 +8,13 @@ import pulumi_random as random
 
 from infra import iam
 from infra.k8s import (
-    IRSA_ANNOTATION,
     cpu_pool_selector,
     http_probes,
+    http_service,
+    irsa_service_account,
     pod_security_context,
     resources,
     restricted_security_context,
-    service_type,
 )
 
 APP = "mlflow"
@@ -82,23 +82,15 @@ class MlflowService(pulumi.ComponentResource):
         policy = pulumi.Output.all(artifact_bucket_arn, kms_key_arn).apply(
             lambda a: iam.document(iam.s3_access_statements([a[0]], a[1], write=True))
         )
-        role = iam.irsa_role(
-            f"{name}-irsa",
+        irsa_service_account(
+            name,
+            service_account=APP,
+            namespace=namespace,
+            policy=policy,
             oidc_provider_arn=oidc_provider_arn,
             oidc_issuer_url=oidc_issuer_url,
-            namespace=namespace,
-            service_account=APP,
-            policy=policy,
             parent=self,
-        )
-        k8s.core.v1.ServiceAccount(
-            f"{name}-sa",
-            metadata={
-                "name": APP,
-                "namespace": namespace,
-                "annotations": {IRSA_ANNOTATION: role.arn},
-            },
-            opts=k8s_opts,
+            provider=provider,
         )
         self.admin_password = random.RandomPassword(
             f"{name}-admin-password",
@@ -178,15 +170,8 @@ class MlflowService(pulumi.ComponentResource):
             },
             opts=k8s_opts,
         )
-        service = k8s.core.v1.Service(
-            f"{name}-service",
-            metadata={"name": APP, "namespace": namespace, "labels": labels},
-            spec={
-                "type": service_type(public),
-                "selector": labels,
-                "ports": [{"name": "http", "port": 80, "target_port": "http"}],
-            },
-            opts=k8s_opts,
+        service = http_service(
+            name, app=APP, namespace=namespace, labels=labels, public=public, opts=k8s_opts
         )
         self.url = pulumi.Output.concat("http://", APP, ".", namespace, ".svc.cluster.local")
         if public:

@@ -7,8 +7,8 @@ import pulumi_kubernetes as k8s
 
 from infra import iam
 from infra.k8s import (
-    IRSA_ANNOTATION,
     cpu_pool_selector,
+    irsa_service_account,
     pod_security_context,
     resources,
     restricted_security_context,
@@ -70,23 +70,15 @@ class PrefectWorkers(pulumi.ComponentResource):
         policy = pulumi.Output.all(kms_key_arn, *data_bucket_arns).apply(
             lambda a: iam.document(iam.s3_access_statements(a[1:], a[0], write=True))
         )
-        self.flows_role = iam.irsa_role(
-            f"{name}-flows-irsa",
+        self.flows_role = irsa_service_account(
+            f"{name}-flows",
+            service_account=k8s_labels.FLOWS_SERVICE_ACCOUNT,
+            namespace=ns,
+            policy=policy,
             oidc_provider_arn=oidc_provider_arn,
             oidc_issuer_url=oidc_issuer_url,
-            namespace=ns,
-            service_account=k8s_labels.FLOWS_SERVICE_ACCOUNT,
-            policy=policy,
             parent=self,
-        )
-        k8s.core.v1.ServiceAccount(
-            f"{name}-flows-sa",
-            metadata={
-                "name": k8s_labels.FLOWS_SERVICE_ACCOUNT,
-                "namespace": ns,
-                "annotations": {IRSA_ANNOTATION: self.flows_role.arn},
-            },
-            opts=k8s_opts,
+            provider=provider,
         )
         k8s.core.v1.ServiceAccount(
             f"{name}-worker-sa", metadata={"name": WORKER_SA, "namespace": ns}, opts=k8s_opts

@@ -7,12 +7,12 @@ import pulumi_kubernetes as k8s
 
 from infra import iam
 from infra.k8s import (
-    IRSA_ANNOTATION,
     cpu_pool_selector,
+    http_service,
+    irsa_service_account,
     pod_security_context,
     resources,
     restricted_security_context,
-    service_type,
 )
 
 APP = "serving"
@@ -115,23 +115,15 @@ class ServingService(pulumi.ComponentResource):
         super().__init__("mlre:infra:ServingService", name, None, opts)
         k8s_opts = pulumi.ResourceOptions(parent=self, provider=provider)
         policy = pulumi.Output.all(prediction_log_bucket_arn, kms_key_arn, *readable_bucket_arns)
-        self.role = iam.irsa_role(
-            f"{name}-irsa",
+        self.role = irsa_service_account(
+            name,
+            service_account=APP,
+            namespace=namespace,
+            policy=policy.apply(lambda a: serving_policy(a[2:], a[0], a[1])),
             oidc_provider_arn=oidc_provider_arn,
             oidc_issuer_url=oidc_issuer_url,
-            namespace=namespace,
-            service_account=APP,
-            policy=policy.apply(lambda a: serving_policy(a[2:], a[0], a[1])),
             parent=self,
-        )
-        k8s.core.v1.ServiceAccount(
-            f"{name}-sa",
-            metadata={
-                "name": APP,
-                "namespace": namespace,
-                "annotations": {IRSA_ANNOTATION: self.role.arn},
-            },
-            opts=k8s_opts,
+            provider=provider,
         )
         secret = k8s.core.v1.Secret(
             f"{name}-secret",
@@ -205,15 +197,8 @@ class ServingService(pulumi.ComponentResource):
             },
             opts=k8s_opts,
         )
-        service = k8s.core.v1.Service(
-            f"{name}-service",
-            metadata={"name": APP, "namespace": namespace, "labels": labels},
-            spec={
-                "type": service_type(public),
-                "selector": labels,
-                "ports": [{"name": "http", "port": 80, "target_port": "http"}],
-            },
-            opts=k8s_opts,
+        service = http_service(
+            name, app=APP, namespace=namespace, labels=labels, public=public, opts=k8s_opts
         )
         k8s.autoscaling.v2.HorizontalPodAutoscaler(
             f"{name}-hpa",
