@@ -9,6 +9,7 @@ import pulumi_aws as aws
 import pulumi_random as random
 
 from infra.config import DataConfig
+from infra.network import cluster_only_security_group
 
 REDIS_PORT = 6379
 
@@ -40,18 +41,12 @@ class Cache(pulumi.ComponentResource):
         subnet_group = aws.elasticache.SubnetGroup(
             f"{name}-subnets", subnet_ids=list(subnet_ids), opts=child
         )
-        sg = aws.ec2.SecurityGroup(
+        sg = cluster_only_security_group(
             f"{name}-sg",
             vpc_id=vpc_id,
+            port=REDIS_PORT,
+            client_security_group_id=client_security_group_id,
             description="Redis from the EKS cluster only",
-            ingress=[
-                {
-                    "protocol": "tcp",
-                    "from_port": REDIS_PORT,
-                    "to_port": REDIS_PORT,
-                    "security_groups": [client_security_group_id],
-                }
-            ],
             opts=child,
         )
         replicated = cfg.redis_num_cache_clusters >= 2

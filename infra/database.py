@@ -10,6 +10,7 @@ import pulumi_aws as aws
 import pulumi_random as random
 
 from infra.config import DataConfig
+from infra.network import cluster_only_security_group
 
 DB_NAME = "mlre"
 DB_USER = "mlre_admin"
@@ -45,18 +46,12 @@ class Database(pulumi.ComponentResource):
         subnet_group = aws.rds.SubnetGroup(
             f"{name}-subnets", subnet_ids=list(subnet_ids), opts=child
         )
-        sg = aws.ec2.SecurityGroup(
+        sg = cluster_only_security_group(
             f"{name}-sg",
             vpc_id=vpc_id,
+            port=DB_PORT,
+            client_security_group_id=client_security_group_id,
             description="PostgreSQL from the EKS cluster only",
-            ingress=[
-                {
-                    "protocol": "tcp",
-                    "from_port": DB_PORT,
-                    "to_port": DB_PORT,
-                    "security_groups": [client_security_group_id],
-                }
-            ],
             opts=child,
         )
         self.instance = aws.rds.Instance(

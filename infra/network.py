@@ -14,6 +14,32 @@ def subnet_tags(cluster_name: str, *, public: bool, name: str) -> dict[str, str]
     return {"Name": name, role: "1", f"kubernetes.io/cluster/{cluster_name}": "shared"}
 
 
+def cluster_only_security_group(
+    name: str,
+    *,
+    vpc_id: pulumi.Input[str],
+    port: int,
+    client_security_group_id: pulumi.Input[str],
+    description: str,
+    opts: pulumi.ResourceOptions,
+) -> aws.ec2.SecurityGroup:
+    """A data service's security group: one TCP port, open only to the cluster's nodes."""
+    return aws.ec2.SecurityGroup(
+        name,
+        vpc_id=vpc_id,
+        description=description,
+        ingress=[
+            {
+                "protocol": "tcp",
+                "from_port": port,
+                "to_port": port,
+                "security_groups": [client_security_group_id],
+            }
+        ],
+        opts=opts,
+    )
+
+
 class Network(pulumi.ComponentResource):
     """VPC, subnets, internet and NAT gateways, route tables."""
 
