@@ -55,11 +55,10 @@ class GateOutcome:
 
 
 def _held_out(
-    params: EvaluateParams, model_name: str, version: str
+    params: EvaluateParams, tags: dict[str, str]
 ) -> tuple[pd.DataFrame, pd.Series, float]:
     """The shared window's label events joined with this version's own features."""
     settings = runtime_settings()
-    tags = mlflow_client().get_model_version(model_name, version).tags
     config = training.TrainingConfig(feature_service=tags.get("feature_service", "fraud_model_v1"))
     labels = read_events(settings.lake_dir / params.label_source, start=params.window_start)
     labels = labels[labels[config.timestamp_column] <= params.window_end]
@@ -79,7 +78,9 @@ def evaluate_version(
     params: EvaluateParams, model_name: str, version: str, *, with_plots: bool = False
 ) -> evaluation.EvaluationResult:
     """Score one version with its own feature service on the shared window (plots optional)."""
-    frame, y, threshold = _held_out(params, model_name, version)
+    client = mlflow_client()
+    model_version = client.get_model_version(model_name, version)
+    frame, y, threshold = _held_out(params, model_version.tags)
     model = load_model_version(model_name, version)
     slices = [c for c in params.slice_columns if c in frame.columns]
     result = evaluation.evaluate(
@@ -93,14 +94,12 @@ def evaluate_version(
         min_slice_rows=params.gate.min_slice_rows,
     )
     if with_plots:
-        client = mlflow_client()
-        run_id = client.get_model_version(model_name, version).run_id
         with tempfile.TemporaryDirectory(prefix="mlre-eval-") as tmp:
             title = f"{model_name} v{version} held-out"
             for path in evaluation.save_plots(
                 y, evaluation.score(model, frame), threshold, Path(tmp), title
             ):
-                client.log_artifact(run_id, str(path), artifact_path="evaluation")
+                client.log_artifact(model_version.run_id, str(path), artifact_path="evaluation")
     return result
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -360,8 +360,3 @@ def record_canary_rollback(
         )
         client.set_registered_model_tag(model_name, registry.audit_key(seq), record.to_json())
     return record
-
-
-def decision_dict(decision: StepDecision) -> dict[str, Any]:
-    """JSON-friendly form of a decision (flow return values)."""
-    return asdict(decision)

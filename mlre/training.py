@@ -157,11 +157,6 @@ def _service(store: FeatureStore, name: str) -> FeatureService:
     return services[name]
 
 
-def service_feature_names(store: FeatureStore, service: FeatureService) -> list[str]:
-    """The features a service serves, checked against the registered views' schemas."""
-    return [name for name, _ in _service_features(store, service)]
-
-
 def _service_features(store: FeatureStore, service: FeatureService) -> list[tuple[str, bool]]:
     """(feature, comes from a batch view) for every feature of the service, validated."""
     batch = {fv.name: fv for fv in store.list_feature_views(allow_cache=False)}

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -338,8 +338,3 @@ def record_interval(store: FeatureStore, feature_view: FeatureView, window: Wind
 def utcnow() -> datetime:
     """Now, timezone-aware (a function so tests can pass a fixed `now` instead)."""
     return datetime.now(UTC)
-
-
-def freshness_lag(watermark: datetime | None, now: datetime) -> timedelta | None:
-    """How far the newest materialized event is behind now."""
-    return None if watermark is None else now - watermark
