@@ -110,8 +110,20 @@ class RunProgress:
 def trigger(deployment: str, parameters: dict[str, Any] | None = None) -> Any:
     """Create a flow run of `flow-name/deployment-name`; returns it without waiting."""
     from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
 
-    return run_deployment(deployment, parameters=parameters or {}, timeout=0)
+    if deployment.count("/") != 1 or "" in deployment.split("/"):
+        raise PlatformError(
+            f"deployment {deployment!r} is not of the form FLOW/DEPLOYMENT "
+            "(e.g. ml-pipeline/weekly); `prefect deployment ls` lists them."
+        )
+    try:
+        return run_deployment(deployment, parameters=parameters or {}, timeout=0)
+    except ObjectNotFound as exc:
+        raise PlatformError(
+            f"deployment {deployment!r} does not exist on this Prefect server; known: "
+            f"{', '.join(deployment_names()) or 'none'}. Run `mlre deploy` first."
+        ) from exc
 
 
 def progress(flow_run_id: Any) -> RunProgress:

@@ -141,3 +141,13 @@ def test_down_removes_stale_pid_files_and_reports_nothing(settings: Settings) ->
     platform.write_pid_record(platform.pid_path(settings, "prefect"), stale)
     assert platform.down(settings) == []
     assert not platform.pid_path(settings, "prefect").exists()
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("name", ["nope", "a/b/c", "/weekly", "ml-pipeline/"])
+def test_malformed_deployment_names_are_refused_before_any_server_call(name: str) -> None:
+    from mlre import deploy
+    from mlre.errors import PlatformError
+
+    with pytest.raises(PlatformError, match="FLOW/DEPLOYMENT"):
+        deploy.trigger(name)
