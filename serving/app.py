@@ -6,7 +6,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,9 +32,10 @@ from mlre import canary
 from mlre.data.generator import ENTITY_COLUMN, TIMESTAMP_COLUMN
 from mlre.settings import Settings
 from serving import routing
+from serving.batcher import MicroBatcher
 from serving.config import ServingConfig
 from serving.fallback import RULE_VERSION, rule_score
-from serving.features import FeatureFetcher, FeatureUnavailable, ServicePlan
+from serving.features import Columns, FeatureFetcher, FeatureUnavailable, ServicePlan
 from serving.log import PredictionLog
 from serving.models import LoadedModel, ModelHolder, ModelSet, RegistryState, read_state
 
@@ -117,6 +118,12 @@ class Metrics:
             canary.MODEL_INFO_METRIC, "Loaded model per slot", ["slot", "version"], registry=r
         )
         self.reloads = Counter("mlre_serving_model_swaps", "Model set swaps", registry=r)
+        self.batch_instances = Histogram(
+            "mlre_serving_batch_instances",
+            "Instances scored together in one micro-batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
         self._slots: set[tuple[str, str]] = set()
         self.log_pending = Gauge(
             "mlre_serving_log_pending_rows", "Prediction-log rows not yet written", registry=r
@@ -141,19 +148,37 @@ class Metrics:
 # --------------------------------------------------------------------------------------------
 
 
-def _as_model_frame(features: pd.DataFrame, inputs: tuple[str, ...]) -> pd.DataFrame:
-    """Model inputs with numeric columns as float64, as in training (and stable in the log)."""
-    frame = features.reindex(columns=list(inputs))
-    for column in frame.columns:
-        values = frame[column]
-        numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
-        if numeric or (values.dtype == object and values.map(_is_number_or_none).all()):
-            frame[column] = values.astype("float64")
-    return frame
+def model_frame(columns: Columns, inputs: tuple[str, ...], n: int) -> pd.DataFrame:
+    """The model's input columns, numeric ones as float64 as in training (and stable in the
+    log); a column the store did not return is all-missing."""
+    return pd.DataFrame(
+        {name: _as_float_if_numeric(columns.get(name, [None] * n)) for name in inputs}
+    )
+
+
+def _as_float_if_numeric(values: Sequence[Any]) -> np.ndarray:
+    array = np.asarray(values)
+    if array.dtype.kind in "iuf":
+        return array.astype(np.float64)
+    if array.dtype.kind in "OUS":
+        if all(_is_number_or_none(v) for v in array):  # ints with gaps come back as objects
+            return np.array([np.nan if v is None else v for v in array], dtype=np.float64)
+        return array.astype(object)
+    return array  # bool, datetime: as the store returned them
 
 
 def _is_number_or_none(value: Any) -> bool:
     return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+
+
+def _log_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Row dicts of plain values (numpy scalars and NaN become Python values / None)."""
+    names = list(frame.columns)
+    columns = [frame[name].tolist() for name in names]
+    return [
+        {name: _plain(value) for name, value in zip(names, row, strict=True)}
+        for row in zip(*columns, strict=True)
+    ]
 
 
 def _scores(model: Any, frame: pd.DataFrame) -> np.ndarray:
@@ -243,16 +268,15 @@ class PredictionService:
         self, model: LoadedModel, route: str, instances: list[Instance], idx: list[int]
     ) -> list[Answer]:
         """Score a group with one model; FeatureUnavailable / model errors propagate."""
-        features = self.fetcher.fetch(model.plan, self._rows(instances, idx))
-        frame = _as_model_frame(features, model.inputs)
+        columns = self.fetcher.fetch(model.plan, self._rows(instances, idx))
+        frame = model_frame(columns, model.inputs, len(idx))
         try:
             scores = _scores(model.model, frame)
         except Exception as exc:
             raise ModelFailed(str(exc)) from exc
-        records = frame.to_dict("records")
         return [
-            Answer(i, float(s), model.version, route, {k: _plain(v) for k, v in rec.items()})
-            for i, s, rec in zip(idx, scores, records, strict=True)
+            Answer(i, float(s), model.version, route, record)
+            for i, s, record in zip(idx, scores, _log_records(frame), strict=True)
         ]
 
     def _group(
@@ -284,9 +308,19 @@ class PredictionService:
 
     def predict(self, request: PredictRequest) -> PredictResponse:
         """Route, fetch, score, log and count one request."""
-        began = time.perf_counter()
-        instances = request.instances
-        models = self.holder.current  # one snapshot for the whole request
+        return self.predict_batch([request], [time.perf_counter()])[0]
+
+    def predict_batch(
+        self, requests: Sequence[PredictRequest], arrived: Sequence[float]
+    ) -> list[PredictResponse]:
+        """Answer several requests with one feature read and one model call per routed group.
+
+        `arrived` holds each request's perf_counter() arrival time: its latency metric covers
+        the time it waited for the batch too.
+        """
+        instances = [instance for request in requests for instance in request.instances]
+        self.metrics.batch_instances.observe(len(instances))
+        models = self.holder.current  # one snapshot for the whole batch
         groups: dict[tuple[int, str], tuple[LoadedModel | None, list[int]]] = {}
         for i, instance in enumerate(instances):
             model, route = routing.choose(models, instance.customer_id)
@@ -295,13 +329,22 @@ class PredictionService:
         for (_, route), (model, idx) in groups.items():
             answers += self._group(models, model, route, instances, idx)
         answers.sort(key=lambda a: a.index)
-        elapsed = time.perf_counter() - began
-        now = datetime.now(UTC)
-        return self._respond(instances, answers, elapsed, now)
+        done, now = time.perf_counter(), datetime.now(UTC)
+        responses, rows, start = [], [], 0
+        for request, began in zip(requests, arrived, strict=True):
+            end = start + len(request.instances)
+            response, logged = self._respond(instances, answers[start:end], done - began, now)
+            responses.append(response)
+            rows += logged
+            start = end
+        self.log.append(rows)
+        self.metrics.log_pending.set(self.log.pending)
+        return responses
 
     def _respond(
         self, instances: list[Instance], answers: list[Answer], elapsed: float, now: datetime
-    ) -> PredictResponse:
+    ) -> tuple[PredictResponse, list[dict[str, Any]]]:
+        """One request's response and prediction-log rows; counts it in the metrics."""
         out, rows, seen = [], [], set()
         for answer in answers:
             instance = instances[answer.index]
@@ -334,9 +377,7 @@ class PredictionService:
                 self.metrics.latency.labels(
                     model_version=answer.version, route=answer.route
                 ).observe(elapsed)
-        self.log.append(rows)
-        self.metrics.log_pending.set(self.log.pending)
-        return PredictResponse(predictions=out)
+        return PredictResponse(predictions=out), rows
 
     # -- readiness -------------------------------------------------------------------------
 
@@ -450,23 +491,31 @@ def create_app(
     """The FastAPI app; models load and the poller/log writer start in its lifespan."""
     config = config or ServingConfig()
     svc = service or build_service(settings, config, **collaborators)
+    batcher: MicroBatcher[PredictRequest, PredictResponse] = MicroBatcher(
+        lambda batch: svc.predict_batch([q.item for q in batch], [q.enqueued_at for q in batch]),
+        max_size=config.max_batch_instances,
+        size_of=lambda request: len(request.instances),
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         svc.holder.refresh()  # no model yet is fine: the service answers with the fallback
         svc.holder.start(config.poll_interval_s)
         svc.log.start()
+        batcher.start()
         try:
             yield
         finally:
+            batcher.close()  # answer what is queued, then flush the log
             svc.close()
 
     app = FastAPI(title="mlre prediction service", lifespan=lifespan)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.state.service = svc
+    app.state.batcher = batcher
 
     @app.post("/predict", response_model=PredictResponse)
-    def predict(request: PredictRequest) -> PredictResponse:
+    async def predict(request: PredictRequest) -> PredictResponse:
         if len(request.instances) > config.max_instances:
             svc.metrics.errors.labels(cause="too_many_instances", model_version="none").inc()
             raise HTTPException(
@@ -476,7 +525,7 @@ def create_app(
                     f"{config.max_instances} (MLRE_SERVING_MAX_INSTANCES). Split the batch."
                 ),
             )
-        return svc.predict(request)
+        return await batcher.submit(request)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

@@ -25,6 +25,9 @@ class ServingConfig(BaseSettings):
     model_name: str | None = Field(None, description="Registered model (default MLRE_MODEL_NAME).")
     poll_interval_s: float = Field(5.0, gt=0, description="How often aliases are re-read.")
     max_instances: int = Field(256, ge=1, description="Instances per /predict call (else 413).")
+    max_batch_instances: int = Field(
+        256, ge=1, description="Instances of queued requests scored together (micro-batch)."
+    )
     feature_timeout_s: float = Field(0.25, gt=0, description="Feast online read budget.")
     feature_threads: int = Field(16, ge=1, description="Threads running Feast online reads.")
     log_flush_rows: int = Field(1000, ge=1, description="Flush the prediction log at this size.")

@@ -11,7 +11,7 @@ on-demand views, and it saves Feast's per-request on-demand bookkeeping.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -74,20 +74,31 @@ def _transform(odfv: OnDemandFeatureView, inputs: pd.DataFrame) -> pd.DataFrame:
     return transformation.transform(inputs)
 
 
+Columns = dict[str, Sequence[Any]]
+
+
+def read_columns(store: FeatureStore, plan: ServicePlan, rows: list[dict[str, Any]]) -> Columns:
+    """Feature values of `plan` for entity rows (keys + request values) as name -> values in
+    row order. Columns, not a DataFrame: one DataFrame is built only if on-demand views run."""
+    entity_rows = [{k: row[k] for k in plan.join_keys} for row in rows]
+    response = store.get_online_features(features=list(plan.batch_refs), entity_rows=entity_rows)
+    columns: Columns = response.to_dict()
+    for column in plan.request_columns:
+        columns[column] = [row.get(column) for row in rows]
+    if plan.on_demand:
+        inputs = pd.DataFrame(columns)
+        for odfv, names in plan.on_demand:
+            computed = _transform(odfv, inputs)
+            for name in names:
+                columns[name] = computed[name].to_numpy()
+    return columns
+
+
 def read_features(
     store: FeatureStore, plan: ServicePlan, rows: list[dict[str, Any]]
 ) -> pd.DataFrame:
-    """Feature values of `plan` for entity rows (keys + request values), in row order."""
-    entity_rows = [{k: row[k] for k in plan.join_keys} for row in rows]
-    values = store.get_online_features(features=list(plan.batch_refs), entity_rows=entity_rows)
-    frame = pd.DataFrame(values.to_dict())
-    for column in plan.request_columns:
-        frame[column] = [row.get(column) for row in rows]
-    for odfv, names in plan.on_demand:
-        computed = _transform(odfv, frame)
-        for name in names:
-            frame[name] = computed[name].to_numpy()
-    return frame
+    """`read_columns` as a DataFrame."""
+    return pd.DataFrame(read_columns(store, plan, rows))
 
 
 class FeatureUnavailable(Exception):
@@ -114,10 +125,10 @@ class FeatureFetcher:
         # A hung store ties up at most `threads` threads; later reads time out in the queue.
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="feast-online")
 
-    def fetch(self, plan: ServicePlan, rows: list[dict[str, Any]]) -> pd.DataFrame:
-        """Features for rows (same order), or FeatureUnavailable with its cause."""
+    def fetch(self, plan: ServicePlan, rows: list[dict[str, Any]]) -> Columns:
+        """Feature columns for rows (same order), or FeatureUnavailable with its cause."""
         began = time.perf_counter()
-        future = self.pool.submit(read_features, self.store, plan, rows)
+        future = self.pool.submit(read_columns, self.store, plan, rows)
         try:
             return future.result(timeout=self.timeout_s)
         except FutureTimeout as exc:
