@@ -3,10 +3,11 @@ only), each driven at a fixed rate by a load generator in another process.
 
 Everything runs on 127.0.0.1 under `.mlre/bench/serving/`: a redis-server and a lean MLflow server
 (the test-support starters, from PyPI wheels), a temp Feast repo (the project's definitions, a
-Redis online store, file registry), two registered model versions. Our service runs under uvicorn
-in this process; the champion alias moves to the other version half-way through the run. The load
-generator (asyncio + httpx, open loop: requests are sent on schedule whether or not earlier ones
-have answered) reports p50/p99 latency and errors.
+Redis online store, file registry), two registered model versions. Our service runs as production
+runs it (`python -m serving`, its own process); the champion alias moves to the other version
+half-way through the run. The load generator (asyncio + httpx, open loop: requests are sent on
+schedule whether or not earlier ones have answered) reports p50/p99 latency and errors; the
+service's CPU time per request and mean micro-batch size say where the time went.
 
 Run with `python -m bench.serving [--rate 200 --duration 30]`; results: bench/results/serving.json.
 """
@@ -23,6 +24,8 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -166,45 +169,93 @@ def _prepare(root: Path, redis_conn: str, tracking_uri: str) -> tuple[Settings, 
     return settings, (store, versions)
 
 
+@contextmanager
+def _serving_process(settings: Settings, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m serving` as production runs it, in its own process; SIGTERM at the end."""
+    env = {
+        **os.environ,
+        **settings.runtime_env(),
+        "MLRE_FEATURE_REPO": str(settings.feature_repo),
+        "MLRE_MLFLOW_URI": settings.mlflow_tracking_uri,
+        "MLRE_MODEL_NAME": settings.model_name,
+        "MLRE_SERVING_PORT": str(port),
+        "MLRE_SERVING_POLL_INTERVAL_S": "1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "serving"], cwd=PROJECT_ROOT, env=env, start_new_session=True
+    )
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/readyz", timeout_s=120)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process and its children have used so far."""
+    import psutil
+
+    process = psutil.Process(pid)
+    total = 0.0
+    for proc in [process, *process.children(recursive=True)]:  # feast serve may fork workers
+        times = proc.cpu_times()
+        total += times.user + times.system
+    return total
+
+
+def _scrape(port: int) -> dict[str, Any]:
+    """Predictions by version and route, and the mean micro-batch size, from /metrics."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    served: dict[str, float] = {}
+    batch = {"sum": 0.0, "count": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "mlre_serving_predictions_total":
+                key = f"{sample.labels['model_version']}/{sample.labels['route']}"
+                served[key] = served.get(key, 0.0) + sample.value
+            elif sample.name.startswith("mlre_serving_batch_instances_"):
+                suffix = sample.name.rsplit("_", 1)[-1]
+                if suffix in batch:
+                    batch[suffix] = sample.value
+    mean_batch = batch["sum"] / batch["count"] if batch["count"] else None
+    return {"served_by_version_route": served, "mean_batch_instances": mean_batch}
+
+
 def _ours(settings: Settings, versions: list[str], rate: float, duration: float) -> dict:
-    """Our /predict under uvicorn in a thread; the champion alias moves half-way."""
-    import uvicorn
+    """Our /predict in its own process; the champion alias moves half-way through the run."""
     from mlflow import MlflowClient
 
-    from serving.app import create_app
-    from serving.config import ServingConfig
     from tests.support.servers import free_port
 
     client = MlflowClient(settings.mlflow_tracking_uri)
     client.set_registered_model_alias(settings.model_name, "champion", versions[0])
     port = free_port()
-    config = ServingConfig(poll_interval_s=1.0, port=port)
-    app = create_app(settings, config)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    _wait_http(f"http://127.0.0.1:{port}/readyz")
-    mover = threading.Timer(
-        duration / 2,
-        lambda: client.set_registered_model_alias(settings.model_name, "champion", versions[1]),
-    )
-    mover.start()
-    try:
-        result = _load(f"http://127.0.0.1:{port}/predict", "predict", rate, duration, [])
-        metrics = app.state.service.metrics
-        served = {
-            s.labels["model_version"]: s.value
-            for family in metrics.registry.collect()
-            for s in family.samples
-            if s.name == "mlre_serving_predictions_total"
-        }
-    finally:
-        mover.cancel()
-        server.should_exit = True
-        thread.join(timeout=30)
-    return {**result, "served_by_version": served, "alias_moved_at_s": duration / 2}
+    with _serving_process(settings, port) as proc:
+        mover = threading.Timer(
+            duration / 2,
+            lambda: client.set_registered_model_alias(settings.model_name, "champion", versions[1]),
+        )
+        cpu_before = _cpu_s(proc.pid)
+        mover.start()
+        try:
+            result = _load(f"http://127.0.0.1:{port}/predict", "predict", rate, duration, [])
+        finally:
+            mover.cancel()
+        cpu = _cpu_s(proc.pid) - cpu_before
+        scraped = _scrape(port)
+    return {
+        **result,
+        **scraped,
+        "service_cpu_ms_per_request": round(1000 * cpu / max(result["requests"], 1), 3),
+        "alias_moved_at_s": duration / 2,
+    }
 
 
 def _reference(settings: Settings, store: Any, rate: float, duration: float) -> dict:
@@ -223,8 +274,12 @@ def _reference(settings: Settings, store: Any, rate: float, duration: float) -> 
     try:
         _wait_http(f"http://127.0.0.1:{port}/health", timeout_s=90)
         url = f"http://127.0.0.1:{port}/get-online-features"
+        cpu_before = _cpu_s(proc.pid)
+        result = _load(url, "features", rate, duration, [json.dumps(features)])
+        cpu = _cpu_s(proc.pid) - cpu_before
         return {
-            **_load(url, "features", rate, duration, [json.dumps(features)]),
+            **result,
+            "service_cpu_ms_per_request": round(1000 * cpu / max(result["requests"], 1), 3),
             "features": features,
         }
     finally:
