@@ -2,74 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import sys
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from mlre import platform
-from mlre.settings import PROJECT_ROOT, Settings
-from tests.support.servers import free_port
+from tests.support.private_platform import PrivatePlatform, private_platform_home
 
-MLRE = str(Path(sys.executable).parent / "mlre")
-COMMAND_TIMEOUT_S = 150
-
-
-@dataclass
-class PrivatePlatform:
-    """A platform home and ports no other test or person uses."""
-
-    home: Path
-    prefect_port: int
-    mlflow_port: int
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {
-            **os.environ,
-            "MLRE_HOME": str(self.home),
-            "MLRE_PREFECT_PORT": str(self.prefect_port),
-            "MLRE_MLFLOW_PORT": str(self.mlflow_port),
-            "MLRE_HEALTH_TIMEOUT_S": "120",
-        }
-
-    @property
-    def settings(self) -> Settings:
-        return Settings(
-            home=self.home, prefect_port=self.prefect_port, mlflow_port=self.mlflow_port
-        )
-
-    def mlre(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """Run the installed console script; a timeout fails the test instead of hanging it."""
-        return subprocess.run(
-            [MLRE, *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=COMMAND_TIMEOUT_S,
-            check=False,
-        )
-
-    def pids(self) -> dict[str, int]:
-        """PID of each recorded process, from the PID files."""
-        run = self.home / "run"
-        return {p.stem: json.loads(p.read_text())["pid"] for p in run.glob("*.pid")}
+__all__ = ["PrivatePlatform"]
 
 
 @pytest.fixture
 def private_platform() -> Iterator[PrivatePlatform]:
     """A fresh home under `.mlre/`; whatever the test leaves running is stopped by PID."""
-    home = PROJECT_ROOT / ".mlre" / f"e2e-{uuid.uuid4().hex[:8]}"
-    plat = PrivatePlatform(home=home, prefect_port=free_port(), mlflow_port=free_port())
-    try:
+    with private_platform_home() as plat:
         yield plat
-    finally:
-        platform.down(plat.settings)
-        shutil.rmtree(home, ignore_errors=True)
