@@ -1,4 +1,6 @@
-"""The closed loop: drift / degradation events, and the Prefect automation that retrains on them.
+"""The Prefect automations `mlre deploy` creates: retrain on drift, and crash zombie flow runs.
+
+The closed loop: drift / degradation events, and the automation that retrains on them.
 
 `check-drift` and `monitor-performance` emit `mlre.model.drift-detected` and
 `mlre.model.performance-degraded` on the resource `mlre.model.<model name>` (`emit_model_event`).
@@ -22,6 +24,18 @@ start is dropped as "already fired". Hence:
 
 The state lives in the server's database (buckets survive a restart of the trigger service), and
 the decision is made server-side, so concurrent emitters cannot race past it.
+
+Zombie flow runs: a flow run whose process dies with its node (SIGKILL, OOM kill, lost VM) never
+reports a final state and would stay Running forever, holding its deployment's concurrency slot.
+Every flow run emits `prefect.flow-run.heartbeat` every `Settings.flow_heartbeat_s` seconds
+(PREFECT_FLOWS_HEARTBEAT_FREQUENCY, exported by `Settings.runtime_env` to every process mlre
+starts, and set in the Kubernetes work pools' job templates). `zombie_automation` is Prefect's
+documented detector (docs: "How to detect and respond to zombie flows"): Proactive, per flow run,
+after a heartbeat it expects another flow-run event (heartbeat or state change) within
+`MISSED_HEARTBEATS` heartbeat periods, else it sets the run Crashed. Crashed is final, so the
+concurrency slot is released and the deployment can run again. It applies to every flow run on
+the server: a process that heartbeats less often than the window (a client with Prefect's default
+of 180 s) would be crashed while alive, so run flows through mlre's environment.
 """
 
 from __future__ import annotations
@@ -31,12 +45,17 @@ from datetime import timedelta
 from typing import Any
 
 from mlre.errors import MlreError
+from mlre.settings import MIN_FLOW_HEARTBEAT_S
 
 DRIFT_EVENT = "mlre.model.drift-detected"
 DEGRADED_EVENT = "mlre.model.performance-degraded"
 RETRAIN_EVENTS: tuple[str, ...] = (DRIFT_EVENT, DEGRADED_EVENT)
 DEFAULT_DEPLOYMENT = "ml-pipeline/weekly"
 DEFAULT_COOLDOWN = timedelta(hours=6)
+HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
+ZOMBIE_AUTOMATION = "mlre-crash-zombie-flow-runs"
+MISSED_HEARTBEATS = 3  # as in Prefect's docs: one late heartbeat on a busy node is not a crash
+ZOMBIE_MESSAGE = "No heartbeat from this flow run for {window}: its process is gone (zombie)."
 _REASONS_MAX = 20  # event payloads are stored with every event: keep them small
 
 
@@ -114,6 +133,51 @@ def retrain_automation(
     )
 
 
+def zombie_window(heartbeat_s: int) -> timedelta:
+    """How long a flow run may stay silent before it counts as a zombie."""
+    if heartbeat_s < MIN_FLOW_HEARTBEAT_S:
+        raise AutomationError(
+            f"flow heartbeat must be at least {MIN_FLOW_HEARTBEAT_S} s (Prefect's minimum), got "
+            f"{heartbeat_s}; set MLRE_FLOW_HEARTBEAT_S."
+        )
+    return timedelta(seconds=heartbeat_s * MISSED_HEARTBEATS)
+
+
+def zombie_automation(heartbeat_s: int) -> Any:
+    """Automation: a flow run silent for `zombie_window(heartbeat_s)` after a heartbeat is set
+    Crashed (see the module docstring)."""
+    from prefect.automations import Automation, EventTrigger, Posture
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+
+    window = zombie_window(heartbeat_s)
+    return Automation(
+        name=ZOMBIE_AUTOMATION,
+        description=(
+            f"Mark a flow run Crashed when it sends no event for {window} after a heartbeat "
+            f"({MISSED_HEARTBEATS} missed heartbeats of {heartbeat_s} s; managed by "
+            "mlre.automations.ensure_automations)."
+        ),
+        enabled=True,
+        trigger=EventTrigger(
+            after={HEARTBEAT_EVENT},
+            # Any flow-run event answers a heartbeat: the next heartbeat, or a state change
+            # (Completed, Failed, Cancelled, Crashed, Paused...), so a finished run never fires.
+            expect={"prefect.flow-run.*"},
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=window,
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED, message=ZOMBIE_MESSAGE.format(window=window)
+            )
+        ],
+    )
+
+
 def _core(automation: Any) -> Any:
     """The automation as the API's create/update body (no id)."""
     from prefect.events.schemas.automations import AutomationCore
@@ -125,22 +189,43 @@ def _spec(automation: Any) -> dict[str, Any]:
     """What makes two automations the same, without server-assigned ids."""
     data = _core(automation).model_dump(mode="json", exclude={"owner_resource"})
     data["trigger"].pop("id", None)
-    data["trigger"]["expect"] = sorted(data["trigger"]["expect"])
+    for key in ("expect", "after", "for_each"):  # sets: their JSON order is arbitrary
+        data["trigger"][key] = sorted(data["trigger"].get(key) or [])
     return data
+
+
+def _ensure(client: Any, wanted: Any) -> Any:
+    """Create `wanted`, or update the one of the same name if it differs; returns what is stored.
+
+    An unchanged automation is left alone: updating it would reset its trigger buckets (a
+    running cooldown, a zombie window). Duplicates by name (e.g. from a race) are deleted.
+    """
+    from prefect.events.schemas.automations import AutomationCore
+
+    existing = client.read_automations_by_name(wanted.name)
+    for extra in existing[1:]:
+        client.delete_automation(extra.id)
+    if not existing:
+        wanted.id = client.create_automation(_core(wanted))
+        return wanted
+    if _spec(existing[0]) == _spec(wanted):
+        return existing[0]
+    # PUT refuses `owner_resource` (a create-only field); send it unset, as Prefect does.
+    body = AutomationCore(**wanted.model_dump(exclude={"id", "owner_resource"}))
+    client.update_automation(existing[0].id, body)
+    wanted.id = existing[0].id
+    return wanted
 
 
 def ensure_automations(
     deployment_name: str = DEFAULT_DEPLOYMENT,
     cooldown: timedelta = DEFAULT_COOLDOWN,
     model_name: str | None = None,
+    heartbeat_s: int | None = None,
 ) -> list[Any]:
-    """Create or update the retrain automation on the current Prefect server; idempotent.
-
-    An unchanged automation is left alone: updating it would reset its trigger bucket and with
-    it a running cooldown. Duplicates by name (e.g. from a race) are deleted.
-    """
+    """Create or update, idempotently, on the current Prefect server: the retrain automation
+    of `model_name`, then the zombie-run automation (returned in that order)."""
     from prefect.client.orchestration import get_client
-    from prefect.events.schemas.automations import AutomationCore
     from prefect.exceptions import ObjectNotFound
 
     from mlre.settings import get_settings
@@ -149,7 +234,9 @@ def ensure_automations(
         raise AutomationError(
             f"cooldown must be positive (got {cooldown}); it is what prevents retrain storms."
         )
-    model_name = model_name or get_settings().model_name
+    settings = get_settings()
+    model_name = model_name or settings.model_name
+    zombie = zombie_automation(heartbeat_s or settings.flow_heartbeat_s)
     with get_client(sync_client=True) as client:
         try:
             deployment = client.read_deployment_by_name(deployment_name)
@@ -159,17 +246,5 @@ def ensure_automations(
                 "retraining pipeline first (prefect --no-prompt deploy --all), then call "
                 "ensure_automations again."
             ) from exc
-        wanted = retrain_automation(model_name, deployment.id, cooldown)
-        existing = client.read_automations_by_name(wanted.name)
-        for extra in existing[1:]:
-            client.delete_automation(extra.id)
-        if not existing:
-            wanted.id = client.create_automation(_core(wanted))
-        elif _spec(existing[0]) != _spec(wanted):
-            # PUT refuses `owner_resource` (a create-only field); send it unset, as Prefect does.
-            body = AutomationCore(**wanted.model_dump(exclude={"id", "owner_resource"}))
-            client.update_automation(existing[0].id, body)
-            wanted.id = existing[0].id
-        else:
-            wanted = existing[0]
-    return [wanted]
+        retrain = retrain_automation(model_name, deployment.id, cooldown)
+        return [_ensure(client, retrain), _ensure(client, zombie)]

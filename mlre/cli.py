@@ -234,8 +234,9 @@ def _deploy(args: argparse.Namespace, settings: Settings) -> int:
     _echo(f"work pool {deploy.k8s_labels.LOCAL_WORK_POOL!r}: {'created' if created else 'exists'}")
     _echo("deploying every flow in prefect.yaml ...")
     deploy.deploy_all(settings)
-    deploy.ensure_retrain_automation(settings)
-    _echo(f"automation mlre-retrain-{settings.model_name}: drift/degradation -> ml-pipeline/weekly")
+    retrain, zombie = deploy.ensure_platform_automations(settings)
+    _echo(f"automation {retrain.name}: drift/degradation -> ml-pipeline/weekly")
+    _echo(f"automation {zombie.name}: no heartbeat for {zombie.trigger.within} -> Crashed")
     for name in deploy.deployment_names():
         _echo(f"  {name}")
     started = deploy.ensure_worker(settings)

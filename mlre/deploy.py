@@ -78,11 +78,12 @@ def deploy_all(settings: Settings) -> str:
     return result.stdout
 
 
-def ensure_retrain_automation(settings: Settings) -> None:
-    """The automation that turns a drift or degradation event into an ml-pipeline run."""
+def ensure_platform_automations(settings: Settings) -> list[Any]:
+    """The retrain automation (drift or degradation event -> ml-pipeline run) and the one that
+    crashes zombie flow runs (no heartbeat); names and windows in mlre.automations."""
     from mlre.automations import ensure_automations
 
-    ensure_automations(model_name=settings.model_name)
+    return ensure_automations(model_name=settings.model_name, heartbeat_s=settings.flow_heartbeat_s)
 
 
 def ensure_worker(settings: Settings, pool: str = k8s_labels.LOCAL_WORK_POOL) -> bool:

@@ -17,6 +17,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 StoreProfile = Literal["local", "production"]
+HEARTBEAT_ENV = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
+MIN_FLOW_HEARTBEAT_S = 30  # Prefect refuses a shorter heartbeat period
 
 
 class Settings(BaseSettings):
@@ -35,6 +37,12 @@ class Settings(BaseSettings):
     model_name: str = Field("fraud-detector", description="Registered model the flows manage.")
     health_timeout_s: float = Field(60.0, description="How long `mlre up` waits for health.")
     stop_timeout_s: float = Field(15.0, description="SIGTERM grace period before SIGKILL.")
+    flow_heartbeat_s: int = Field(
+        30,
+        ge=MIN_FLOW_HEARTBEAT_S,
+        description="Seconds between flow-run heartbeats; the zombie automation crashes a run "
+        "that misses three (mlre.automations).",
+    )
 
     # Production profile endpoints (read by feature_store.production.yaml through env vars).
     redis_connection_string: str = Field("", description="Feast Redis online store, host:port,...")
@@ -103,7 +111,12 @@ class Settings(BaseSettings):
             # MLflow 3.17 refuses to load sklearn models without it, even skops-saved ones; the
             # registry only holds models this platform trained and logged itself.
             "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true",
+            **self.flow_run_env(),
         }
+
+    def flow_run_env(self) -> dict[str, str]:
+        """What a process running flows needs for zombie detection: its heartbeat period."""
+        return {HEARTBEAT_ENV: str(self.flow_heartbeat_s)}
 
     def client_env(self) -> dict[str, str]:
         """`runtime_env` plus the URLs clients use to reach the local servers."""

@@ -22,6 +22,7 @@ from typing import Any
 
 from mlre import k8s_labels
 from mlre.errors import ConfigError
+from mlre.settings import Settings
 
 KUBERNETES_POOLS = (k8s_labels.CPU_WORK_POOL, k8s_labels.GPU_WORK_POOL)
 
@@ -118,9 +119,17 @@ def _set_default(variables: dict[str, Any], name: str, value: Any) -> None:
     variables["properties"][name]["default"] = value
 
 
+def flow_pod_env() -> dict[str, str]:
+    """Environment every flow pod gets by default: the heartbeat period the zombie automation
+    counts on (Settings' default, not this machine's MLRE_* values)."""
+    return Settings.model_construct().flow_run_env()
+
+
 def _add_variables(template: dict[str, Any], pool: str) -> None:
-    """Defaults for identity, cleanup and sizing; the GPU count as a variable of its own."""
+    """Defaults for identity, cleanup, sizing and env; the GPU count as a variable of its own."""
     variables = template["variables"]
+    # A deployment that sets `env` replaces this dict: it must carry the heartbeat too.
+    _set_default(variables, "env", flow_pod_env())
     _set_default(variables, "namespace", k8s_labels.FLOWS_NAMESPACE)
     # The IRSA-annotated account: flow jobs reach S3 with its role, never with node credentials.
     _set_default(variables, "service_account_name", k8s_labels.FLOWS_SERVICE_ACCOUNT)
@@ -179,8 +188,11 @@ def render_job_manifest(template: dict[str, Any], values: dict[str, Any]) -> dic
             f"{', '.join(sorted(template['variables']['properties']))}."
         )
     merged = {**variable_defaults(template), **values}
-    manifest = copy.deepcopy(template["job_configuration"]["job_manifest"])
-    return apply_values(manifest, merged)
+    manifest = apply_values(copy.deepcopy(template["job_configuration"]["job_manifest"]), merged)
+    for container in manifest["spec"]["template"]["spec"]["containers"]:
+        if isinstance(container.get("env"), dict):  # the worker turns the dict into a list
+            container["env"] = [{"name": k, "value": v} for k, v in container["env"].items()]
+    return manifest
 
 
 def api_server_view(manifest: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
 from infra.node_pools import EKS_TAINT_EFFECT
 from mlre import k8s_labels, work_pools
 from mlre.errors import ConfigError
+from mlre.settings import HEARTBEAT_ENV, Settings
 from tests.infra.infra_harness import Run
 
 pytestmark = pytest.mark.infra
@@ -237,3 +238,10 @@ def test_flow_job_uid_is_the_images_user() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     uid = work_pools.FLOW_JOB_UID
     assert f"USER {uid}:{uid}" in dockerfile
+
+
+@pytest.mark.parametrize("job", ["gpu_job", "cpu_job"])
+def test_flow_pods_heartbeat_for_zombie_detection(job: str, request: pytest.FixtureRequest) -> None:
+    env = {e["name"]: e["value"] for e in _container(request.getfixturevalue(job))["env"]}
+    # The zombie automation counts missed heartbeats of this period (mlre.automations).
+    assert env[HEARTBEAT_ENV] == str(Settings.model_fields["flow_heartbeat_s"].default)
