@@ -1,0 +1,186 @@
+"""Fault: the Prefect worker and the flow run it started are SIGKILLed mid-flow, as when their node
+is lost. Nothing is left to report a final state, so only the zombie automation (mlre.automations,
+created by `mlre deploy`) can end the run: it must turn Crashed once its heartbeats stop, release
+the deployment's concurrency slot, and a re-run through a new worker must complete.
+
+The platform is real and private (`mlre up` on free ports, `mlre deploy`, the project's own
+`ml-pipeline/weekly` deployment: concurrency limit 1, subflows, ~30 s of work after Running).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+from uuid import UUID
+
+import psutil
+import pytest
+
+from mlre import automations, deploy
+from mlre.settings import HEARTBEAT_ENV
+from tests.support.private_platform import PrivatePlatform, private_platform_home
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.fault("Prefect worker SIGKILLed mid-flow"),
+    pytest.mark.timeout(900),
+]
+
+DEPLOYMENT = "ml-pipeline/weekly"
+SMALL = ("--customers", "1500", "--days", "16")
+POLL_S = 0.2
+START_TIMEOUT_S = 180.0  # scheduled -> running: worker poll, process start, flow import
+SLACK_S = 60.0  # past the zombie window: the trigger service's 5 s ticks and a busy machine
+RERUN_TIMEOUT_S = 400.0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def platform_exported() -> None:
+    """This module runs its own platform, not the bad-input corpus' (conftest's fixture)."""
+
+
+@pytest.fixture
+def plat() -> Iterator[PrivatePlatform]:
+    """`mlre up` in a private home on free ports; everything it started is stopped by PID."""
+    with private_platform_home("worker-kill") as private:
+        yield private
+
+
+@contextlib.contextmanager
+def prefect_api(plat: PrivatePlatform) -> Iterator[None]:
+    """Prefect clients in this process talk to the private server."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: plat.settings.prefect_api_url}):
+        yield
+
+
+def _ok(result: Any) -> str:
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    return output
+
+
+def _wait(what: str, condition: Callable[[], Any], timeout_s: float) -> Any:
+    """Poll until condition() is truthy; its value, or a failure naming what did not happen."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(POLL_S)
+    pytest.fail(f"{what}: not within {timeout_s:.0f} s")
+
+
+def _flow_run(run_id: UUID) -> Any:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(run_id)
+
+
+def _state(run_id: UUID) -> str:
+    state = _flow_run(run_id).state
+    return state.type.value if state else "PENDING"
+
+
+def _heartbeats(run_id: UUID) -> int:
+    """Heartbeat events of the run the server has received."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    flt = EventFilter(
+        event=EventNameFilter(name=[automations.HEARTBEAT_EVENT]),
+        resource=EventResourceFilter(id=[f"prefect.flow-run.{run_id}"]),
+    )
+    with get_client(sync_client=True) as client:
+        return len(client.read_events(flt, limit=10).events)
+
+
+def _subflows(run_id: UUID) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    flt = FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id]))
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(flow_run_filter=flt)
+
+
+def _armed(run_id: UUID) -> list[UUID]:
+    """Running subflows of the run whose heartbeat the server has."""
+    running = [s.id for s in _subflows(run_id) if s.state and s.state.type.value == "RUNNING"]
+    return [sub for sub in running if _heartbeats(sub)]
+
+
+def _worker(plat: PrivatePlatform) -> psutil.Process:
+    return psutil.Process(plat.pids()[deploy.WORKER])
+
+
+def _run_processes(worker: psutil.Process, run_id: UUID) -> list[psutil.Process]:
+    """The worker's descendants executing this flow run (they carry its id in their env)."""
+    found = []
+    for proc in worker.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if proc.environ().get("PREFECT__FLOW_RUN_ID") == str(run_id):
+                found.append(proc)
+    return found
+
+
+def _lose_node(worker: psutil.Process, runners: list[psutil.Process]) -> None:
+    """Freeze the flow run first (it cannot finish or report in between), then SIGKILL it and
+    the worker with everything it started, and wait until they are gone."""
+    for proc in runners:
+        proc.send_signal(signal.SIGSTOP)
+    family = [worker, *worker.children(recursive=True), *runners]
+    for proc in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(signal.SIGKILL)
+    _, alive = psutil.wait_procs(family, timeout=10)
+    assert not alive, f"still running after SIGKILL: {alive}"
+
+
+def test_killed_worker_run_is_crashed_and_a_rerun_completes(plat: PrivatePlatform) -> None:
+    _ok(plat.mlre("up"))
+    _ok(plat.mlre("generate", *SMALL))
+    first_deploy = _ok(plat.mlre("deploy"))
+    window = automations.zombie_window(plat.settings.flow_heartbeat_s)
+    assert f"{automations.ZOMBIE_AUTOMATION}: no heartbeat for {window}" in first_deploy
+
+    with prefect_api(plat):
+        run = deploy.trigger(DEPLOYMENT)
+        _wait("flow run Running", lambda: _state(run.id) == "RUNNING", START_TIMEOUT_S)
+        worker = _worker(plat)
+        runners = _wait("flow-run process", lambda: _run_processes(worker, run.id), 30)
+        # The worker passed the platform's heartbeat period on to the flow run.
+        assert runners[0].environ()[HEARTBEAT_ENV] == str(plat.settings.flow_heartbeat_s)
+        # Armed: the server has a heartbeat of the run and of a running subflow (a run killed
+        # before its first heartbeat reaches the server is invisible to this detector).
+        _wait("heartbeats on the server", lambda: _heartbeats(run.id) and _armed(run.id), 60)
+
+        _lose_node(worker, runners)
+        assert _state(run.id) == "RUNNING"  # killed mid-flow; nothing told the server
+        armed = _armed(run.id)
+
+        _wait("zombie run Crashed", lambda: _state(run.id) == "CRASHED", window.seconds + SLACK_S)
+        crashed = _flow_run(run.id).state
+        assert crashed.message == automations.ZOMBIE_MESSAGE.format(window=window)
+        # Subflows die in the same process; those that had heartbeated are crashed too.
+        crashed_too = lambda: all(_state(s) == "CRASHED" for s in armed)  # noqa: E731
+        _wait("its subflows Crashed", crashed_too, SLACK_S)
+
+        again = _ok(plat.mlre("deploy"))  # a new worker; the same automations
+        assert "worker: started" in again
+        assert _automation_count(automations.ZOMBIE_AUTOMATION) == 1
+        rerun = deploy.trigger(DEPLOYMENT)  # concurrency limit 1: the crashed run let go
+        assert deploy.follow(rerun.id, lambda _: None, RERUN_TIMEOUT_S) == "COMPLETED"
+
+
+def _automation_count(name: str) -> int:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return len(client.read_automations_by_name(name))
