@@ -13,7 +13,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 PYTEST_TIERS ?= tests
 
-.PHONY: install browser demo up down status test test-fast lint bench reliability clean
+.PHONY: install browser demo up down status test test-fast lint bench reliability soak clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	@mkdir -p $(TMPDIR) $(MPLCONFIGDIR) $(PREFECT_HOME) $(XDG_CACHE_HOME)
@@ -59,6 +59,9 @@ bench: install  ## speed and memory benchmarks, JSON under bench/results/
 
 reliability: install  ## bad-input corpus: prints the table, writes bench/results/reliability.json
 	$(BIN)/python -m tests.reliability.summary
+
+soak: install  ## 10 min at 50 req/s, alias swap + Redis restart: writes bench/results/soak.json
+	$(BIN)/python -m bench.soak
 
 clean:
 	-$(BIN)/mlre down

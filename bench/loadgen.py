@@ -1,0 +1,265 @@
+"""Open-loop, fixed-rate load generator for the prediction service's POST /predict.
+
+Request i goes out at start + i / rate whether or not earlier ones have answered (open loop), so a
+slow server shows up as latency and errors, never as a politely lower rate. Each request scores
+one instance with a random known customer and amount and carries its own request_id
+(`<prefix>-<i>`), so the prediction log can be matched against what was answered. Runs in its own
+process (asyncio + httpx) so it does not share an interpreter with the service it measures:
+
+    python -m bench.loadgen http://127.0.0.1:8000/predict --rate 50 --duration 600 --window 10
+
+Prints one JSON object (or writes it to --out): totals, per-window stats (requests, non-200
+errors by kind, p50/p90/p99/max latency, routes and model versions read from the response
+bodies), and when each version and route was first and last seen. No `main()`: `make bench` does
+not run it on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_FIRST_CUSTOMER = 1000  # mlre.data.generator's customer_id_offset
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """What to send, how fast and for how long."""
+
+    url: str
+    rate: float
+    duration_s: float
+    window_s: float = 10.0
+    customers: int = 2_000
+    first_customer: int = DEFAULT_FIRST_CUSTOMER
+    seed: int = 1
+    timeout_s: float = 5.0
+    connections: int = 100
+    warmup: int = 0
+    start_at: float | None = None  # wall-clock (time.time()) start of the schedule
+    id_prefix: str = "load"
+
+    @property
+    def total(self) -> int:
+        return int(self.rate * self.duration_s)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One request: when it was due, how long it took, and what answered it."""
+
+    due_s: float
+    latency_ms: float
+    status: int  # 0: no HTTP answer (connection refused, timeout)
+    error: str | None = None
+    routes: tuple[str, ...] = ()
+    versions: tuple[str, ...] = ()
+    lag_ms: float = 0.0  # how late the generator sent it
+
+
+@dataclass
+class Bodies:
+    """Deterministic request bodies: one instance, a known customer, a plausible amount."""
+
+    config: LoadConfig
+    rng: random.Random = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.config.seed)
+
+    def make(self, request_id: str) -> dict[str, Any]:
+        customer = self.config.first_customer + self.rng.randrange(self.config.customers)
+        amount = round(self.rng.lognormvariate(3.5, 0.8), 2)
+        instance = {"customer_id": customer, "amount": amount, "request_id": request_id}
+        return {"instances": [instance]}
+
+
+# ---- statistics (pure) -------------------------------------------------------------------------
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in [0, 1]) of already sorted values; None when empty."""
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(q * len(sorted_values)))
+    return round(sorted_values[rank - 1], 3)
+
+
+def summarize(outcomes: Iterable[Outcome]) -> dict[str, Any]:
+    """Counts, latency percentiles, error kinds, routes and versions of a set of requests."""
+    items = list(outcomes)
+    latencies = sorted(o.latency_ms for o in items)
+    errors = Counter(o.error for o in items if o.status != 200)
+    return {
+        "requests": len(items),
+        "ok": sum(o.status == 200 for o in items),
+        "errors": sum(errors.values()),
+        "error_kinds": dict(errors),
+        "p50_ms": percentile(latencies, 0.50),
+        "p90_ms": percentile(latencies, 0.90),
+        "p99_ms": percentile(latencies, 0.99),
+        "max_ms": percentile(latencies, 1.0),
+        "routes": dict(Counter(r for o in items for r in o.routes)),
+        "versions": dict(Counter(v for o in items for v in o.versions)),
+    }
+
+
+def windows(outcomes: Sequence[Outcome], window_s: float, duration_s: float) -> list[dict]:
+    """`summarize` per window of `window_s` seconds of due time, each with its start."""
+    count = max(1, math.ceil(duration_s / window_s))
+    buckets: list[list[Outcome]] = [[] for _ in range(count)]
+    for outcome in outcomes:
+        buckets[min(count - 1, int(outcome.due_s // window_s))].append(outcome)
+    return [
+        {"start_s": round(i * window_s, 3), **summarize(bucket)} for i, bucket in enumerate(buckets)
+    ]
+
+
+def seen(outcomes: Sequence[Outcome]) -> dict[str, dict[str, dict[str, float]]]:
+    """When each model version and route first and last answered (due time, seconds)."""
+    spans: dict[str, dict[str, dict[str, float]]] = {"versions": {}, "routes": {}}
+    for outcome in outcomes:
+        for kind, names in (("versions", outcome.versions), ("routes", outcome.routes)):
+            for name in names:
+                span = spans[kind].setdefault(name, {"first_s": outcome.due_s})
+                span["last_s"] = outcome.due_s
+    return spans
+
+
+def report(
+    config: LoadConfig, warm: list[Outcome], measured: list[Outcome], elapsed_s: float
+) -> dict[str, Any]:
+    """The JSON-ready result of one run."""
+    lags = sorted(o.lag_ms for o in measured)
+    return {
+        "url": config.url,
+        "rate": config.rate,
+        "duration_s": config.duration_s,
+        "window_s": config.window_s,
+        "id_prefix": config.id_prefix,
+        "elapsed_s": round(elapsed_s, 3),
+        "achieved_rps": round(len(measured) / elapsed_s, 2) if elapsed_s > 0 else None,
+        "send_lag_p99_ms": percentile(lags, 0.99),
+        "send_lag_max_ms": percentile(lags, 1.0),
+        "warmup": summarize(warm),
+        "totals": summarize(measured),
+        "seen": seen(measured),
+        "windows": windows(measured, config.window_s, config.duration_s),
+    }
+
+
+# ---- sending ----------------------------------------------------------------------------------
+
+
+def _parse(response: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Routes and model versions named by a /predict answer."""
+    predictions = response.json().get("predictions", [])
+    return tuple(p["route"] for p in predictions), tuple(p["model_version"] for p in predictions)
+
+
+async def _send(
+    client: Any, url: str, body: dict[str, Any], due_s: float, lag_ms: float
+) -> Outcome:
+    began = time.perf_counter()
+    try:
+        response = await client.post(url, json=body)
+    except Exception as exc:  # a refused connection or a timeout is an error to count
+        latency = (time.perf_counter() - began) * 1000
+        return Outcome(due_s, latency, 0, type(exc).__name__, lag_ms=lag_ms)
+    latency = (time.perf_counter() - began) * 1000
+    if response.status_code != 200:
+        status = response.status_code
+        return Outcome(due_s, latency, status, f"HTTP {status}", lag_ms=lag_ms)
+    routes, versions = _parse(response)
+    return Outcome(due_s, latency, 200, None, routes, versions, lag_ms)
+
+
+def _schedule_base(start_at: float | None) -> float:
+    """perf_counter() value at which request 0 is due (now, or at wall-clock `start_at`)."""
+    now = time.perf_counter()
+    return now if start_at is None else now + max(0.0, start_at - time.time())
+
+
+async def run(config: LoadConfig) -> dict[str, Any]:
+    """Warm up (sequential, reported apart), then send the schedule and wait for every answer."""
+    import httpx
+
+    bodies = Bodies(config)
+    limits = httpx.Limits(
+        max_connections=config.connections, max_keepalive_connections=config.connections
+    )
+    async with httpx.AsyncClient(timeout=config.timeout_s, limits=limits) as client:
+        warm = [
+            await _send(client, config.url, bodies.make(f"{config.id_prefix}-w{i}"), 0.0, 0.0)
+            for i in range(config.warmup)
+        ]
+        base = _schedule_base(config.start_at)
+        await asyncio.sleep(max(0.0, base - time.perf_counter()))
+        tasks = []
+        for i in range(config.total):
+            due = i / config.rate
+            delay = base + due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            lag_ms = max(0.0, -delay) * 1000
+            body = bodies.make(f"{config.id_prefix}-{i}")
+            tasks.append(asyncio.create_task(_send(client, config.url, body, due, lag_ms)))
+        measured = list(await asyncio.gather(*tasks))
+        elapsed = time.perf_counter() - base
+    return report(config, warm, measured, elapsed)
+
+
+# ---- command line -----------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str]) -> tuple[LoadConfig, Path | None]:
+    parser = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__)
+    parser.add_argument("url", help="the /predict URL")
+    parser.add_argument("--rate", type=float, default=50.0, help="requests per second")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of schedule")
+    parser.add_argument("--window", type=float, default=10.0, help="seconds per stats window")
+    parser.add_argument("--customers", type=int, default=2_000, help="distinct customer ids")
+    parser.add_argument("--first-customer", type=int, default=DEFAULT_FIRST_CUSTOMER)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--timeout", type=float, default=5.0, help="per-request timeout, s")
+    parser.add_argument("--connections", type=int, default=100, help="connection pool size")
+    parser.add_argument("--warmup", type=int, default=0, help="sequential requests first")
+    parser.add_argument("--start-at", type=float, help="wall-clock epoch seconds to start at")
+    parser.add_argument("--id-prefix", default="load", help="request_id prefix")
+    parser.add_argument("--out", type=Path, help="write the JSON here instead of stdout")
+    args = parser.parse_args(argv)
+    if args.rate <= 0 or args.duration <= 0 or args.window <= 0:
+        parser.error("--rate, --duration and --window must be positive")
+    config = LoadConfig(
+        url=args.url, rate=args.rate, duration_s=args.duration, window_s=args.window,
+        customers=args.customers, first_customer=args.first_customer, seed=args.seed,
+        timeout_s=args.timeout, connections=args.connections, warmup=args.warmup,
+        start_at=args.start_at, id_prefix=args.id_prefix,
+    )  # fmt: skip
+    return config, args.out
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """Run the load and write the JSON result; exit 0 (errors are data, not a failure)."""
+    config, out = parse_args(sys.argv[1:] if argv is None else argv)
+    text = json.dumps(asyncio.run(run(config)), indent=2)
+    if out is None:
+        print(text)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())
