@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 
 def main() -> None:
@@ -22,6 +23,7 @@ def main() -> None:
     settings = get_settings()
     apply_runtime_env(settings)
     config = ServingConfig()
+    sys.setswitchinterval(config.gil_switch_interval_s)
     app = create_app(settings, config)
     # uvicorn turns SIGTERM into a graceful shutdown: in-flight requests finish, then the
     # lifespan exit flushes the prediction log.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -264,11 +265,11 @@ class PredictionService:
             for i in idx
         ]
 
-    def _with_model(
+    async def _with_model(
         self, model: LoadedModel, route: str, instances: list[Instance], idx: list[int]
     ) -> list[Answer]:
         """Score a group with one model; FeatureUnavailable / model errors propagate."""
-        columns = self.fetcher.fetch(model.plan, self._rows(instances, idx))
+        columns = await self.fetcher.fetch(model.plan, self._rows(instances, idx))
         frame = model_frame(columns, model.inputs, len(idx))
         try:
             scores = _scores(model.model, frame)
@@ -279,7 +280,7 @@ class PredictionService:
             for i, s, record in zip(idx, scores, _log_records(frame), strict=True)
         ]
 
-    def _group(
+    async def _group(
         self, models: ModelSet, model: LoadedModel | None, route: str, instances, idx
     ) -> list[Answer]:
         """Answer one routed group, falling back (previous champion, then rule) on failure."""
@@ -287,7 +288,7 @@ class PredictionService:
             self.metrics.errors.labels(cause="no_model", model_version="none").inc(len(idx))
             return self._rule(instances, idx, "no_model")
         try:
-            return self._with_model(model, route, instances, idx)
+            return await self._with_model(model, route, instances, idx)
         except FeatureUnavailable as exc:
             # Every model needs the store: only the rule can answer now.
             self.metrics.errors.labels(cause=exc.cause, model_version=model.version).inc(len(idx))
@@ -301,16 +302,12 @@ class PredictionService:
         if backup is not None and backup is not model and route != routing.FALLBACK:
             try:
                 self.metrics.fallbacks.labels(cause="model_error").inc(len(idx))
-                return self._with_model(backup, routing.FALLBACK, instances, idx)
+                return await self._with_model(backup, routing.FALLBACK, instances, idx)
             except (FeatureUnavailable, ModelFailed):
                 pass
         return self._rule(instances, idx, "model_error")
 
-    def predict(self, request: PredictRequest) -> PredictResponse:
-        """Route, fetch, score, log and count one request."""
-        return self.predict_batch([request], [time.perf_counter()])[0]
-
-    def predict_batch(
+    async def predict_batch(
         self, requests: Sequence[PredictRequest], arrived: Sequence[float]
     ) -> list[PredictResponse]:
         """Answer several requests with one feature read and one model call per routed group.
@@ -325,10 +322,14 @@ class PredictionService:
         for i, instance in enumerate(instances):
             model, route = routing.choose(models, instance.customer_id)
             groups.setdefault((id(model), route), (model, []))[1].append(i)
-        answers: list[Answer] = []
-        for (_, route), (model, idx) in groups.items():
-            answers += self._group(models, model, route, instances, idx)
-        answers.sort(key=lambda a: a.index)
+        # Champion and canary groups read their features concurrently.
+        grouped = await asyncio.gather(
+            *(
+                self._group(models, model, route, instances, idx)
+                for (_, route), (model, idx) in groups.items()
+            )
+        )
+        answers = sorted((a for group in grouped for a in group), key=lambda a: a.index)
         done, now = time.perf_counter(), datetime.now(UTC)
         responses, rows, start = [], [], 0
         for request, began in zip(requests, arrived, strict=True):
@@ -381,26 +382,26 @@ class PredictionService:
 
     # -- readiness -------------------------------------------------------------------------
 
-    def _probe_store(self, plan: ServicePlan) -> str | None:
+    async def _probe_store(self, plan: ServicePlan) -> str | None:
         """None if the online store answered a one-row read in time, else why not (cached)."""
         checked, problem = self._probe
         if time.monotonic() - checked < self.config.ready_probe_ttl_s:
             return problem
         try:
-            self.fetcher.fetch(plan, [{ENTITY_COLUMN: 0, AMOUNT: 1.0}])
+            await self.fetcher.fetch(plan, [{ENTITY_COLUMN: 0, AMOUNT: 1.0}])
             problem = None
         except FeatureUnavailable as exc:
             problem = f"feature store unreachable ({exc})"
         self._probe = (time.monotonic(), problem)
         return problem
 
-    def not_ready(self) -> list[str]:
+    async def not_ready(self) -> list[str]:
         """Why the service should not get traffic (empty when ready)."""
         models = self.holder.current
         if models.champion is None:
             why = "; ".join(models.problems) or "no champion alias yet"
             return [f"no champion model loaded for {self.model_name!r} ({why})"]
-        problem = self._probe_store(models.champion.plan)
+        problem = await self._probe_store(models.champion.plan)
         return [problem] if problem else []
 
     def close(self) -> None:
@@ -502,11 +503,10 @@ def create_app(
         svc.holder.refresh()  # no model yet is fine: the service answers with the fallback
         svc.holder.start(config.poll_interval_s)
         svc.log.start()
-        batcher.start()
         try:
             yield
         finally:
-            batcher.close()  # answer what is queued, then flush the log
+            await batcher.drain()  # answer what is queued, then flush the log
             svc.close()
 
     app = FastAPI(title="mlre prediction service", lifespan=lifespan)
@@ -532,8 +532,8 @@ def create_app(
         return {"status": "alive"}
 
     @app.get("/readyz")
-    def readyz() -> JSONResponse:
-        reasons = svc.not_ready()
+    async def readyz() -> JSONResponse:
+        reasons = await svc.not_ready()
         models = svc.holder.current
         body = {"ready": not reasons, "reasons": reasons, "models": models.slots()}
         body["canary_share"] = models.canary_share

@@ -10,10 +10,10 @@ on-demand views, and it saves Feast's per-request on-demand bookkeeping.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,21 +77,45 @@ def _transform(odfv: OnDemandFeatureView, inputs: pd.DataFrame) -> pd.DataFrame:
 Columns = dict[str, Sequence[Any]]
 
 
-def read_columns(store: FeatureStore, plan: ServicePlan, rows: list[dict[str, Any]]) -> Columns:
-    """Feature values of `plan` for entity rows (keys + request values) as name -> values in
-    row order. Columns, not a DataFrame: one DataFrame is built only if on-demand views run."""
-    entity_rows = [{k: row[k] for k in plan.join_keys} for row in rows]
-    response = store.get_online_features(features=list(plan.batch_refs), entity_rows=entity_rows)
-    columns: Columns = response.to_dict()
+def _entity_rows(plan: ServicePlan, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: row[k] for k in plan.join_keys} for row in rows]
+
+
+def _read_stored(store: FeatureStore, plan: ServicePlan, rows: list[dict[str, Any]]) -> Columns:
+    """The batch-view values of `plan` from the online store (blocking read)."""
+    entity_rows = _entity_rows(plan, rows)
+    return store.get_online_features(
+        features=list(plan.batch_refs), entity_rows=entity_rows
+    ).to_dict()
+
+
+async def _read_stored_async(
+    store: FeatureStore, plan: ServicePlan, rows: list[dict[str, Any]]
+) -> Columns:
+    """`_read_stored` through the store's own async client (Redis): no thread involved."""
+    response = await store.get_online_features_async(
+        features=list(plan.batch_refs), entity_rows=_entity_rows(plan, rows)
+    )
+    return response.to_dict()
+
+
+def complete_columns(plan: ServicePlan, rows: list[dict[str, Any]], columns: Columns) -> Columns:
+    """Add the request values and the on-demand features computed from them (in place)."""
     for column in plan.request_columns:
         columns[column] = [row.get(column) for row in rows]
     if plan.on_demand:
-        inputs = pd.DataFrame(columns)
+        inputs = pd.DataFrame(columns)  # the one DataFrame of the read: on-demand views need it
         for odfv, names in plan.on_demand:
             computed = _transform(odfv, inputs)
             for name in names:
                 columns[name] = computed[name].to_numpy()
     return columns
+
+
+def read_columns(store: FeatureStore, plan: ServicePlan, rows: list[dict[str, Any]]) -> Columns:
+    """Feature values of `plan` for entity rows (keys + request values) as name -> values in
+    row order (blocking)."""
+    return complete_columns(plan, rows, _read_stored(store, plan, rows))
 
 
 def read_features(
@@ -110,7 +134,12 @@ class FeatureUnavailable(Exception):
 
 
 class FeatureFetcher:
-    """Online reads on a small thread pool so each one is bounded by a timeout."""
+    """Online reads bounded by a timeout, on the event loop.
+
+    Stores with an async client in Feast (Redis) are read without leaving the event loop; the
+    others (SQLite) are read on a small thread pool. Either way the read is abandoned after
+    `timeout_s` and the caller gets FeatureUnavailable.
+    """
 
     def __init__(
         self,
@@ -122,17 +151,23 @@ class FeatureFetcher:
         self.store = store
         self.timeout_s = timeout_s
         self._observe = observe
+        self.native_async = bool(store.provider.async_supported.online.read)
         # A hung store ties up at most `threads` threads; later reads time out in the queue.
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="feast-online")
 
-    def fetch(self, plan: ServicePlan, rows: list[dict[str, Any]]) -> Columns:
+    def _read(self, plan: ServicePlan, rows: list[dict[str, Any]]) -> Awaitable[Columns]:
+        if self.native_async:
+            return _read_stored_async(self.store, plan, rows)
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self.pool, _read_stored, self.store, plan, rows)
+
+    async def fetch(self, plan: ServicePlan, rows: list[dict[str, Any]]) -> Columns:
         """Feature columns for rows (same order), or FeatureUnavailable with its cause."""
         began = time.perf_counter()
-        future = self.pool.submit(read_columns, self.store, plan, rows)
         try:
-            return future.result(timeout=self.timeout_s)
-        except FutureTimeout as exc:
-            future.cancel()
+            stored = await asyncio.wait_for(self._read(plan, rows), self.timeout_s)
+            return complete_columns(plan, rows, stored)
+        except TimeoutError as exc:
             raise FeatureUnavailable("feature_timeout", f"> {self.timeout_s} s") from exc
         except Exception as exc:  # Redis/SQLite/registry errors all mean "no features now"
             raise FeatureUnavailable("feature_store", f"{type(exc).__name__}: {exc}") from exc
