@@ -57,7 +57,9 @@ def serving_policy(
 
 
 def serving_probes() -> dict:
-    """Startup/liveness on /healthz (process up); readiness on /readyz (champion + store)."""
+    """Startup/liveness on /healthz (process up); readiness on /readyz (registry read once;
+    no champion yet or a store outage is reported as degraded, not unready: the fallback
+    answers, and a fresh stack's rollout must complete before any model exists)."""
 
     def get(path: str) -> dict:
         return {"path": path, "port": "http"}

@@ -34,6 +34,8 @@ from mlre.data.generator import ENTITY_COLUMN, TIMESTAMP_COLUMN
 from mlre.settings import Settings
 from serving import routing
 from serving.batcher import MicroBatcher
+from serving.breaker import CircuitBreaker
+from serving.breaker import State as BreakerState
 from serving.config import ServingConfig
 from serving.fallback import RULE_VERSION, rule_score
 from serving.features import Columns, FeatureFetcher, FeatureUnavailable, ServicePlan
@@ -126,6 +128,11 @@ class Metrics:
             registry=r,
         )
         self._slots: set[tuple[str, str]] = set()
+        self.breaker_open = Gauge(
+            "mlre_serving_feature_store_circuit_open",
+            "1 while the feature-store circuit breaker refuses reads (open or probing)",
+            registry=r,
+        )
         self.log_pending = Gauge(
             "mlre_serving_log_pending_rows", "Prediction-log rows not yet written", registry=r
         )
@@ -236,6 +243,7 @@ class PredictionService:
             store,
             config.feature_timeout_s,
             config.feature_threads,
+            CircuitBreaker(config.breaker_failures, config.breaker_open_s),
             lambda name, s: metrics.feature_latency.labels(feature_service=name).observe(s),
         )
         self.model_name = prediction_log.model_name
@@ -395,14 +403,25 @@ class PredictionService:
         self._probe = (time.monotonic(), problem)
         return problem
 
-    async def not_ready(self) -> list[str]:
-        """Why the service should not get traffic (empty when ready)."""
+    async def health(self) -> tuple[list[str], list[str]]:
+        """(reasons not to send traffic, degradations while answering anyway).
+
+        Not ready only until the registry has been read once: before that the service cannot
+        know whether a champion exists, and answering with the rule could hide one. A missing
+        champion or an unreachable feature store is a degradation, not unreadiness: the
+        fallback answers, and failing every replica's readiness on a shared dependency would
+        turn a degraded service into no service (and a fresh environment without a model
+        into a rollout that never completes).
+        """
+        if not self.holder.registry_read:
+            return [f"model registry not read yet for {self.model_name!r}"], []
         models = self.holder.current
         if models.champion is None:
             why = "; ".join(models.problems) or "no champion alias yet"
-            return [f"no champion model loaded for {self.model_name!r} ({why})"]
+            return [], [f"no champion model loaded for {self.model_name!r} ({why})"]
+        degraded = [f"model problem: {p}" for p in models.problems]
         problem = await self._probe_store(models.champion.plan)
-        return [problem] if problem else []
+        return [], degraded + ([problem] if problem else [])
 
     def close(self) -> None:
         """Stop polling, write the rest of the log, release threads."""
@@ -533,15 +552,17 @@ def create_app(
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        reasons = await svc.not_ready()
+        reasons, degraded = await svc.health()
         models = svc.holder.current
-        body = {"ready": not reasons, "reasons": reasons, "models": models.slots()}
+        body = {"ready": not reasons, "reasons": reasons, "degraded": degraded}
+        body["models"] = models.slots()
         body["canary_share"] = models.canary_share
         return JSONResponse(body, status_code=503 if reasons else 200)
 
     @app.get("/metrics")
     def metrics() -> Response:
         svc.metrics.log_pending.set(svc.log.pending)
+        svc.metrics.breaker_open.set(svc.fetcher.breaker.state is not BreakerState.CLOSED)
         return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -29,6 +29,12 @@ class ServingConfig(BaseSettings):
         256, ge=1, description="Instances of queued requests scored together (micro-batch)."
     )
     feature_timeout_s: float = Field(0.25, gt=0, description="Feast online read budget.")
+    breaker_failures: int = Field(
+        5, ge=1, description="Consecutive failed reads that open the feature-store breaker."
+    )
+    breaker_open_s: float = Field(
+        2.0, gt=0, description="How long an open breaker refuses reads before one probe."
+    )
     feature_threads: int = Field(16, ge=1, description="Threads running Feast online reads.")
     log_flush_rows: int = Field(1000, ge=1, description="Flush the prediction log at this size.")
     log_flush_interval_s: float = Field(5.0, gt=0, description="... or at least this often.")

@@ -20,6 +20,8 @@ from typing import Any
 import pandas as pd
 from feast import FeatureService, FeatureStore, OnDemandFeatureView
 
+from serving.breaker import CircuitBreaker
+
 
 @dataclass(frozen=True)
 class ServicePlan:
@@ -126,7 +128,8 @@ def read_features(
 
 
 class FeatureUnavailable(Exception):
-    """The online store failed or exceeded its time budget (cause: timeout / feature_store)."""
+    """No features now; `cause` is feature_timeout, feature_store, circuit_open or
+    feature_transform (an on-demand view failed on the values)."""
 
     def __init__(self, cause: str, detail: str) -> None:
         super().__init__(f"{cause}: {detail}")
@@ -134,11 +137,12 @@ class FeatureUnavailable(Exception):
 
 
 class FeatureFetcher:
-    """Online reads bounded by a timeout, on the event loop.
+    """Online reads bounded by a timeout and guarded by a circuit breaker, on the event loop.
 
     Stores with an async client in Feast (Redis) are read without leaving the event loop; the
-    others (SQLite) are read on a small thread pool. Either way the read is abandoned after
-    `timeout_s` and the caller gets FeatureUnavailable.
+    others (SQLite) are read on a small thread pool. A read is abandoned after `timeout_s`;
+    after repeated failures the breaker refuses reads for a while, so callers fall back at once.
+    Either way the caller gets FeatureUnavailable with its cause.
     """
 
     def __init__(
@@ -146,10 +150,12 @@ class FeatureFetcher:
         store: FeatureStore,
         timeout_s: float,
         threads: int,
+        breaker: CircuitBreaker,
         observe: Callable[[str, float], None] | None = None,
     ) -> None:
         self.store = store
         self.timeout_s = timeout_s
+        self.breaker = breaker
         self._observe = observe
         self.native_async = bool(store.provider.async_supported.online.read)
         # A hung store ties up at most `threads` threads; later reads time out in the queue.
@@ -163,17 +169,28 @@ class FeatureFetcher:
 
     async def fetch(self, plan: ServicePlan, rows: list[dict[str, Any]]) -> Columns:
         """Feature columns for rows (same order), or FeatureUnavailable with its cause."""
-        began = time.perf_counter()
+        if not self.breaker.allow():
+            raise FeatureUnavailable(
+                "circuit_open",
+                f"the online store failed {self.breaker.failures} reads in a row; next try in "
+                f"{self.breaker.retry_in_s():.1f} s",
+            )
+        began, ok = time.perf_counter(), False
         try:
             stored = await asyncio.wait_for(self._read(plan, rows), self.timeout_s)
-            return complete_columns(plan, rows, stored)
+            ok = True
         except TimeoutError as exc:
             raise FeatureUnavailable("feature_timeout", f"> {self.timeout_s} s") from exc
         except Exception as exc:  # Redis/SQLite/registry errors all mean "no features now"
             raise FeatureUnavailable("feature_store", f"{type(exc).__name__}: {exc}") from exc
-        finally:
+        finally:  # also on cancellation: a half-open probe must never stay pending
+            (self.breaker.succeeded if ok else self.breaker.failed)()
             if self._observe:
                 self._observe(plan.name, time.perf_counter() - began)
+        try:
+            return complete_columns(plan, rows, stored)
+        except Exception as exc:  # an on-demand view failed on these values: not the store
+            raise FeatureUnavailable("feature_transform", f"{type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -129,6 +129,7 @@ class ModelHolder:
         self._on_swap = on_swap
         self._on_error = on_error
         self._current = ModelSet()
+        self.registry_read = False  # True once the registry has answered (readiness)
         self._cache: dict[str, LoadedModel] = {}
         self._failed: dict[str, str] = {}
         self._refresh_lock = threading.Lock()
@@ -184,6 +185,7 @@ class ModelHolder:
                 if self._on_error:
                     self._on_error("registry", exc)
                 return False
+            self.registry_read = True
             target = self._target(state)
             now = self._current
             same = target.slots() == now.slots() and target.canary_share == now.canary_share

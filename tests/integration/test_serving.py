@@ -224,12 +224,14 @@ def test_champion_answers_is_ready_counts_and_logs(local_env, two_versions, clie
     assert logged["amount_to_avg_30d_ratio"].notna().all()  # model features are logged too
 
 
-def test_no_model_yet_starts_answers_fallback_and_is_not_ready(client_for) -> None:
+def test_no_model_yet_starts_ready_degraded_and_answers_with_the_rule(client_for) -> None:
+    # Ready (a fresh environment's rollout must complete before any model exists), degraded.
     client = client_for(f"absent-{uuid.uuid4().hex[:8]}")
     assert client.get("/healthz").status_code == 200
     ready = client.get("/readyz")
-    assert ready.status_code == 503
-    assert "no champion" in ready.json()["reasons"][0]
+    assert ready.status_code == 200
+    assert ready.json()["reasons"] == []
+    assert "no champion" in ready.json()["degraded"][0]
     predictions = _predict(client, [{"customer_id": 1001, "amount": 500.0}])
     assert predictions[0]["route"] == "fallback"
     assert predictions[0]["model_version"] == "rule"
@@ -269,9 +271,9 @@ def test_unloadable_champion_is_answered_by_the_previous_champion(
         predictions = _predict(client, [{"customer_id": 1002, "amount": 20.0}])
         assert predictions[0]["route"] == "fallback"
         assert predictions[0]["model_version"] == v1
-        ready = client.get("/readyz")
-        assert ready.status_code == 503
-        assert "failed to load" in ready.json()["reasons"][0]
+        ready = client.get("/readyz")  # answering with the previous champion: degraded
+        assert ready.status_code == 200
+        assert "failed to load" in ready.json()["degraded"][0]
     finally:
         client_ml.set_registered_model_alias(name, "champion", v1)
         client_ml.delete_registered_model_alias(name, "previous-champion")
@@ -372,7 +374,11 @@ def test_redis_outage_switches_to_fallback_without_5xx(
             redis_server.kill()
             before = len(results)
             _wait(lambda: sum(r == "fallback" for _, r in results[before:]) > 30, what="fallback")
-            assert client.get("/readyz").status_code == 503
+            _wait(lambda: _breaker_open(client), what="the breaker to open")
+            # Still ready: every replica shares the store, and the fallback answers.
+            ready = client.get("/readyz")
+            assert ready.status_code == 200
+            assert "feature store unreachable" in ready.json()["degraded"][-1]
             redis_server.restart()
             after = len(results)
             _wait(lambda: any(r == "champion" for _, r in results[after:]), what="recovery")
@@ -382,9 +388,12 @@ def test_redis_outage_switches_to_fallback_without_5xx(
         metrics = client.get("/metrics").text
     assert {status for status, _ in results} == {200}  # never a 5xx for a store outage
     assert {r for _, r in results} == {"champion", "fallback"}
-    assert 'mlre_serving_fallbacks_total{cause="feature_store"}' in metrics or (
-        'mlre_serving_fallbacks_total{cause="feature_timeout"}' in metrics
-    )
+    assert 'mlre_serving_fallbacks_total{cause="circuit_open"}' in metrics
+    assert "mlre_serving_feature_store_circuit_open 0.0" in metrics  # closed again
+
+
+def _breaker_open(client: TestClient) -> bool:
+    return "mlre_serving_feature_store_circuit_open 1.0" in client.get("/metrics").text
 
 
 # --------------------------------------------------------------------------------------------
