@@ -57,7 +57,7 @@ lint: install
 bench: install  ## speed and memory benchmarks, JSON under bench/results/
 	$(BIN)/python -m bench
 
-reliability: install  ## bad-input corpus: prints the table, writes bench/results/reliability.json
+reliability: install  ## bad-input corpus + every fault test (soak too): two tables, bench/results/reliability.json
 	$(BIN)/python -m tests.reliability.summary
 
 soak: install  ## 10 min at 50 req/s, alias swap + Redis restart: writes bench/results/soak.json

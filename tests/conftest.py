@@ -19,6 +19,10 @@ from tests.support.servers import (
     start_redis,
 )
 
+# The reliability summary counts corpus cases and fault-marked tests wherever they live, so it is
+# registered once, here, for the whole tree (`make reliability` runs it with --reliability).
+pytest_plugins = ["tests.reliability.summary"]
+
 TEST_HOME = PROJECT_ROOT / ".mlre" / "test-home"
 SERVERS_ROOT = PROJECT_ROOT / ".mlre" / "test-servers"
 _SAVED_ENV: dict[str, str] = {}

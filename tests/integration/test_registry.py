@@ -285,6 +285,7 @@ def _assert_consistent(client: MlflowClient, name: str, promoted: int) -> list[A
     return records
 
 
+@pytest.mark.fault("10 concurrent promotions")
 def test_ten_threads_racing_with_the_file_lock(
     client: MlflowClient, register: Register, lock: LockFactory
 ) -> None:
@@ -321,6 +322,7 @@ _CHILD = textwrap.dedent(
 
 
 @pytest.mark.slow  # four fresh interpreters import mlflow and feast: ~45 s on 2 cores
+@pytest.mark.fault("8 promotions racing from 4 processes")
 def test_four_processes_racing_with_the_file_lock(
     client: MlflowClient, register: Register, mlflow_server: MlflowServer
 ) -> None:
@@ -379,6 +381,7 @@ def test_without_a_lock_the_post_state_check_catches_races(
     assert set(outcomes) <= {"ok", "detected"}
 
 
+@pytest.mark.fault("4 concurrent promotions (Prefect lock)")
 def test_prefect_lock_creates_a_one_slot_limit_and_serialises(
     client: MlflowClient, register: Register, prefect_harness: None
 ) -> None:

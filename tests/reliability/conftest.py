@@ -31,11 +31,6 @@ from mlre.settings import Settings, get_settings
 from tests.integration.conftest import build_feature_env, recent_config
 from tests.reliability.harness import SERVICE, Platform, promote, register_versions
 from tests.reliability.source_cases import SOURCE, SourceCase, write_case
-from tests.reliability.summary import (  # noqa: F401  (hooks of the summary plugin)
-    pytest_runtest_makereport,
-    pytest_sessionfinish,
-    pytest_terminal_summary,
-)
 from tests.support.mlflow_server import MlflowServer
 from tests.support.servers import run_dir
 
@@ -122,17 +117,22 @@ def _log_model(model: Pipeline, tracking_uri: str) -> str:
     return info.model_uri
 
 
-def _seed_prediction_log(settings: Settings, tracking_uri: str) -> None:
-    """Score the last day with the champion so the log has rows a bad input could damage."""
+def score_last_day(settings: Settings, tracking_uri: str) -> pd.DataFrame:
+    """Prediction-log rows for the last day of transactions, scored by the champion."""
     from mlre.features.store import open_store
 
     model, version, service = inference.load_champion(tracking_uri, MODEL)
     events = read_events(settings.lake_dir / "sources" / "transactions")
     last_day = events[events["event_timestamp"] >= events["event_timestamp"].max().normalize()]
-    scored = inference.score_frame(
+    return inference.score_frame(
         open_store(settings), model, service, last_day.drop(columns=["is_fraud"]),
         model_name=MODEL, model_version=version, request_id_column="transaction_id",
     )  # fmt: skip
+
+
+def _seed_prediction_log(settings: Settings, tracking_uri: str) -> None:
+    """Score the last day with the champion so the log has rows a bad input could damage."""
+    scored = score_last_day(settings, tracking_uri)
     inference.write_predictions(scored, settings.lake_dir, MODEL, run_id="seed")
 
 
