@@ -17,6 +17,7 @@ from mlre.evaluation import GateConfig
 from mlre.inference import read_predictions
 from mlre.settings import get_settings
 from tests.integration.conftest import recent_config
+from tests.support.prefect_runs import task_run_states
 from tests.support.servers import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -148,25 +149,8 @@ def test_mlflow_unreachable_fails_after_retries_and_leaves_the_champion(
     state = train_model(TRAIN, return_state=True)
 
     assert state.is_failed()
-    task_runs = _task_run_states(state.state_details.flow_run_id)
+    task_runs = task_run_states(state.state_details.flow_run_id)
     assert task_runs["log-and-register"] == ["Retrying"] * 3 + ["Failed"]  # transient: retried
     assert dead.split("//")[1] in str(state.result(raise_on_failure=False))
     assert _aliases(client, model_name) == {registry.CHAMPION: first.version}
     assert len(client.search_model_versions(f"name='{model_name}'")) == 1
-
-
-def _task_run_states(flow_run_id) -> dict[str, list[str]]:
-    """For each task of a flow run (by task name), the retry/terminal states it went through."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    keep = {"Retrying", "Failed", "Completed"}
-    with get_client(sync_client=True) as prefect:
-        runs = prefect.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-        )
-        states = {}
-        for run in runs:
-            history = sorted(prefect.read_task_run_states(run.id), key=lambda s: s.timestamp)
-            states[run.name.rsplit("-", 1)[0]] = [s.name for s in history if s.name in keep]
-        return states

@@ -9,7 +9,7 @@ exactly as they were. A difference raises `StateChanged`, which the summary coun
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -222,6 +222,14 @@ def assert_unchanged(before: StateSnapshot, after: StateSnapshot) -> None:
     changes = diff(before, after)
     if changes:
         raise StateChanged("A rejected input changed stored state:\n- " + "\n- ".join(changes))
+
+
+def assert_same(what: str, expected: Mapping[str, object], found: Mapping[str, object]) -> None:
+    """Raise StateChanged naming every `what` that appeared, vanished or changed (fault tests:
+    stored state that a fault, or the recovery from it, must leave as expected)."""
+    changes = _dict_changes(what, dict(expected), dict(found))
+    if changes:
+        raise StateChanged("Stored state is not as expected:\n- " + "\n- ".join(changes))
 
 
 # --------------------------------------------------------------------------------------------

