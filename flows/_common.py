@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from feast import FeatureStore
 from prefect.states import State
 
-from mlre.errors import MlreError
+from mlre.errors import MlreError, ServiceUnavailableError
 from mlre.features.store import open_store
 from mlre.settings import Settings, apply_runtime_env, get_settings
 
@@ -38,6 +38,8 @@ def transient_only(task: object, task_run: object, state: State) -> bool:
     """Retry infrastructure hiccups (server unreachable), never user-fixable errors (bad data)."""
     try:
         state.result()
+    except ServiceUnavailableError:
+        return True
     except MlreError:
         return False
     except Exception:

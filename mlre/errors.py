@@ -25,3 +25,11 @@ class FeatureStoreError(MlreError):
 
 class ConsistencyError(MlreError):
     """Online and offline feature values disagree beyond the allowed mismatch rate."""
+
+
+class ServiceUnavailableError(MlreError):
+    """A server the platform needs (MLflow, the Feast registry's database) did not answer.
+
+    Unlike the other errors this one is transient: flows retry it, and re-running the same
+    operation once the server answers again completes it.
+    """

@@ -1,10 +1,12 @@
-"""Point MLflow's global (fluent) tracking URI somewhere for one block, then restore it exactly."""
+"""MLflow client helpers: the global tracking URI for one block, and "the server did not answer"."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from mlre.errors import ServiceUnavailableError
 
 
 @contextmanager
@@ -29,3 +31,32 @@ def global_tracking_uri(uri: str) -> Iterator[None]:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = saved_env
+
+
+def server_unreachable(exc: BaseException) -> bool:
+    """Whether an MLflow client error means no answer (refused, reset, timed out) rather than an
+    answer the caller must act on (not found, invalid): MLflow raises both as MlflowException."""
+    import requests
+    from mlflow.exceptions import RestException
+
+    if isinstance(exc, RestException):
+        return False
+    cause = exc.__cause__ or exc.__context__
+    return isinstance(cause, requests.exceptions.RequestException)
+
+
+@contextmanager
+def mlflow_answering(tracking_uri: str, doing: str, then: str) -> Iterator[None]:
+    """Turn "the MLflow server did not answer" while `doing` into a ServiceUnavailableError that
+    names the server and says what to do (`then`); every other error passes unchanged."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as exc:
+        if not server_unreachable(exc):
+            raise
+        raise ServiceUnavailableError(
+            f"The MLflow server {tracking_uri} did not answer while {doing} ({exc.message}). "
+            f"Check that it runs (mlre status) and that MLRE_MLFLOW_URI points at it, then {then}."
+        ) from exc

@@ -10,7 +10,10 @@ the same thing:
 
 Promotion and rollback hold a caller-supplied lock (`file_lock(settings)` or `prefect_lock`) while
 they read, write and then verify the state, so two racing promotions cannot leave
-champion == previous-champion or lose an audit record.
+champion == previous-champion or lose an audit record. The audit record is written before the
+aliases, so no alias points where the trail does not say; when the MLflow server dies in between
+(ServiceUnavailableError, which flows retry), running the same promotion or rollback again
+completes it without a second record.
 
 Rollback is one step: `previous-champion` becomes `champion` again, the rolled-back version is
 tagged `rolled_back=true` (promoting it again needs `force=True`), and `previous-champion` is
@@ -33,7 +36,8 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 
-from mlre.errors import MlreError
+from mlre.errors import MlreError, ServiceUnavailableError
+from mlre.mlflow_uri import mlflow_answering, server_unreachable
 from mlre.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -455,33 +459,106 @@ def _verify(client: MlflowClient, model_name: str, target: _Aliases, record: Aud
 def _apply(
     client: MlflowClient, model: RegisteredModel, target: _Aliases, record: AuditRecord
 ) -> AuditRecord:
-    """Write aliases then the audit record; on failure put the old aliases back and raise."""
+    """Store the audit record, then move the aliases (champion first), then verify.
+
+    The record goes first, so an alias never points where the trail does not say (no orphan
+    alias). A server that dies in between leaves the aliases behind the last record; running the
+    same promotion or rollback again completes it (`unfinished`). Other failures are undone.
+    """
     before = _Aliases.of(model)
+    stored = _append_audit(client, model, record)
+    assert stored.seq is not None
     try:
         _write_aliases(client, model.name, target, before)
-        stored = _append_audit(client, model, record)
     except (MlflowException, OSError) as exc:
-        _restore(client, model.name, before, target)
+        if isinstance(exc, OSError) or server_unreachable(exc):
+            raise ServiceUnavailableError(
+                f"Model {model.name!r}: the MLflow server {client.tracking_uri} stopped answering "
+                f"during the {record.action} to version {record.to_version}, after audit record "
+                f"{audit_key(stored.seq)} was stored ({exc}). Once it answers, re-run the same "
+                f"{record.action}: it completes this one without a second record."
+            ) from exc
+        _undo(client, model.name, before, target, stored.seq)
         raise RegistryError(
             f"Model {model.name!r}: {record.action} to version {record.to_version} failed and "
-            f"was undone ({exc}); retry when the MLflow server is reachable."
+            f"was undone ({exc}); fix the cause above and retry."
         ) from exc
     _verify(client, model.name, target, stored)
     return stored
 
 
-def _restore(client: MlflowClient, model_name: str, before: _Aliases, target: _Aliases) -> None:
-    """Best effort: put aliases back as they were; log loudly if even that fails."""
+def _undo(
+    client: MlflowClient, model_name: str, before: _Aliases, target: _Aliases, seq: int
+) -> None:
+    """Best effort: aliases back as they were, the record removed; log loudly if that fails."""
     try:
         _write_aliases(client, model_name, before, target)
+        client.delete_registered_model_tag(model_name, audit_key(seq))
     except (MlflowException, OSError):
         log.exception(
-            "Model %r: could not restore aliases to champion=%s previous-champion=%s; "
+            "Model %r: could not undo to champion=%s previous-champion=%s (audit record %s); "
             "fix them by hand (mlflow UI or mlre promote).",
             model_name,
             before.champion,
             before.previous,
+            audit_key(seq),
         )
+
+
+def _previous_after(record: AuditRecord) -> str | None:
+    """previous-champion once `record` is fully applied (a rollback leaves none)."""
+    return record.from_version if record.action == "promote" else None
+
+
+def unfinished(
+    model: RegisteredModel, action: str, version: str | None = None
+) -> AuditRecord | None:
+    """The last audit record when it is `action` (to `version`) and the aliases do not show it
+    yet: an operation whose server stopped answering after the record was stored."""
+    records = records_from_tags(model.tags)
+    if not records:
+        return None
+    last = records[-1]
+    if last.action != action or (version is not None and last.to_version != version):
+        return None
+    now = _Aliases.of(model)
+    done = now.champion == last.to_version and now.previous == _previous_after(last)
+    challenger_left = action == "promote" and now.challenger == last.to_version
+    return None if done and not challenger_left else last
+
+
+def _existing(client: MlflowClient, model_name: str, version: str | None) -> str | None:
+    """`version` if it still exists (an alias cannot point at a deleted version), else None."""
+    if version is None:
+        return None
+    try:
+        client.get_model_version(model_name, version)
+    except MlflowException as exc:
+        if _not_found(exc):
+            return None
+        raise
+    return version
+
+
+def _complete(client: MlflowClient, model: RegisteredModel, record: AuditRecord) -> AuditRecord:
+    """Finish an operation cut off after its audit record: move the aliases it records."""
+    now = _Aliases.of(model)
+    promoted = record.action == "promote"
+    target = _Aliases(
+        champion=record.to_version,
+        previous=_existing(client, model.name, _previous_after(record)),
+        challenger=None if promoted and now.challenger == record.to_version else now.challenger,
+    )
+    _write_aliases(client, model.name, target, now)
+    _verify(client, model.name, target, record)
+    log.warning(
+        "Model %r: completed the interrupted %s to version %s (%s).",
+        model.name,
+        record.action,
+        record.to_version,
+        audit_key(record.seq or 0),
+    )
+    return record
 
 
 def _noop_record(version: str, *, reason: str, run_id: str, actor: str) -> AuditRecord:
@@ -510,8 +587,11 @@ def promote(
 ) -> AuditRecord:
     """Make `version` the champion, keep the old one as previous-champion, and audit it."""
     version = str(version)
-    with lock(model_name):
+    doing = f"promoting model {model_name!r} to version {version}"
+    with lock(model_name), mlflow_answering(client.tracking_uri, doing, "re-run the promotion"):
         model = get_model(client, model_name)
+        if (pending := unfinished(model, "promote", version)) is not None:
+            return _complete(client, model, pending)
         mv = get_version(client, model_name, version)
         now = _Aliases.of(model)
         if now.champion == version:
@@ -551,8 +631,12 @@ def rollback(
     lock: LockFactory,
 ) -> AuditRecord:
     """Restore previous-champion as champion; the rolled-back version is tagged, not deleted."""
-    with lock(model_name):
+    doing = f"rolling back model {model_name!r}"
+    with lock(model_name), mlflow_answering(client.tracking_uri, doing, "re-run the rollback"):
         model = get_model(client, model_name)
+        if (pending := unfinished(model, "rollback")) is not None:
+            _tag_rolled_back(client, model_name, pending.from_version, pending.reason)
+            return _complete(client, model, pending)
         now = _Aliases.of(model)
         if now.previous is None:
             raise RegistryError(
@@ -573,14 +657,17 @@ def rollback(
         )
         target = _Aliases(champion=restored.version, previous=None, challenger=now.challenger)
         stored = _apply(client, model, target, record)
-        if now.champion is not None:
-            _set_version_tags(
-                client,
-                model_name,
-                now.champion,
-                {ROLLED_BACK_TAG: "true", ROLLED_BACK_REASON_TAG: _clip(reason, REASON_MAX)},
-            )
+        _tag_rolled_back(client, model_name, now.champion, reason)
     log.info(
         "Model %r: rolled back %s -> %s (%s)", model_name, now.champion, restored.version, reason
     )
     return stored
+
+
+def _tag_rolled_back(
+    client: MlflowClient, model_name: str, version: str | None, reason: str
+) -> None:
+    """Mark the version a rollback replaced, so promoting it again needs force=True."""
+    if version is not None:
+        tags = {ROLLED_BACK_TAG: "true", ROLLED_BACK_REASON_TAG: _clip(reason, REASON_MAX)}
+        _set_version_tags(client, model_name, version, tags)

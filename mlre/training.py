@@ -35,7 +35,7 @@ from threadpoolctl import threadpool_limits
 
 from mlre.errors import MlreError
 from mlre.evaluation import choose_threshold, compute_metrics, score
-from mlre.mlflow_uri import global_tracking_uri
+from mlre.mlflow_uri import global_tracking_uri, mlflow_answering
 from mlre.settings import PROJECT_ROOT, get_settings
 
 ModelFamily = Literal["logistic_regression", "hist_gradient_boosting", "random_forest"]
@@ -638,7 +638,11 @@ def log_training_run(
     experiment_name: str | None = None,
     artifact_location: str | None = None,
 ) -> LoggedModel:
-    """Log params, metrics, tags, plots and the drift reference; register a new model version."""
+    """Log params, metrics, tags, plots and the drift reference; register a new model version.
+
+    A server that stops answering is a ServiceUnavailableError (flows retry it); an attempt cut
+    off that way registers no version, or one without its tags, and a re-run registers a new one.
+    """
     import mlflow
     from mlflow.models import infer_signature
     from mlflow.tracking import MlflowClient
@@ -646,52 +650,56 @@ def log_training_run(
     from mlre.evaluation import save_plots
 
     uri = tracking_uri or mlflow.get_tracking_uri()
-    client = MlflowClient(tracking_uri=uri)
-    experiment_id = _experiment_id(
-        client,
-        experiment_name or f"train-{model_name}",
-        artifact_location or _default_artifact_location(uri),
-    )
-    X_train = split.train[trained.features]
-    example = X_train.head(5)
-    signature = infer_signature(example, trained.pipeline.predict(example))
-    tags = _run_tags(trained, training_set, split, config, feast_project)
-    params = {
-        **{k: str(v) for k, v in config.model_dump().items()},
-        **{k: str(v)[:500] for k, v in trained.params.items()},
-    }
-    metrics = _run_metrics(trained, training_set, split, config)
-    with (
-        global_tracking_uri(uri),
-        mlflow.start_run(experiment_id=experiment_id, tags=tags) as run,
-        tempfile.TemporaryDirectory(prefix="mlre-train-") as tmp,
-    ):
-        mlflow.log_params(params)
-        mlflow.log_metrics(metrics)
-        reference_dir = Path(tmp) / "reference"
-        reference_dir.mkdir()
-        reference_frame(trained, X_train, config.seed).to_parquet(
-            reference_dir / "reference.parquet", index=False
+    doing = f"logging and registering model {model_name!r}"
+    with mlflow_answering(uri, doing, "re-run train-model"):
+        client = MlflowClient(tracking_uri=uri)
+        experiment_id = _experiment_id(
+            client,
+            experiment_name or f"train-{model_name}",
+            artifact_location or _default_artifact_location(uri),
         )
-        (reference_dir / "schema.json").write_text(json.dumps(reference_schema(trained), indent=2))
-        mlflow.log_artifacts(str(reference_dir), artifact_path="reference")
-        y_val = split.validation[config.label_column].astype(int)
-        p_val = score(trained.pipeline, split.validation[trained.features])
-        plots = save_plots(y_val, p_val, trained.threshold, Path(tmp) / "plots", "validation")
-        for plot in plots:
-            mlflow.log_artifact(str(plot), artifact_path="plots")
-        info = mlflow.sklearn.log_model(
-            trained.pipeline,
-            name="model",
-            signature=signature,
-            input_example=example,
-            pip_requirements=pinned_requirements(),
-            skops_trusted_types=skops_trusted_types(trained.pipeline),
-            registered_model_name=model_name,
+        X_train = split.train[trained.features]
+        example = X_train.head(5)
+        signature = infer_signature(example, trained.pipeline.predict(example))
+        tags = _run_tags(trained, training_set, split, config, feast_project)
+        params = {
+            **{k: str(v) for k, v in config.model_dump().items()},
+            **{k: str(v)[:500] for k, v in trained.params.items()},
+        }
+        metrics = _run_metrics(trained, training_set, split, config)
+        with (
+            global_tracking_uri(uri),
+            mlflow.start_run(experiment_id=experiment_id, tags=tags) as run,
+            tempfile.TemporaryDirectory(prefix="mlre-train-") as tmp,
+        ):
+            mlflow.log_params(params)
+            mlflow.log_metrics(metrics)
+            reference_dir = Path(tmp) / "reference"
+            reference_dir.mkdir()
+            reference_frame(trained, X_train, config.seed).to_parquet(
+                reference_dir / "reference.parquet", index=False
+            )
+            (reference_dir / "schema.json").write_text(
+                json.dumps(reference_schema(trained), indent=2)
+            )
+            mlflow.log_artifacts(str(reference_dir), artifact_path="reference")
+            y_val = split.validation[config.label_column].astype(int)
+            p_val = score(trained.pipeline, split.validation[trained.features])
+            plots = save_plots(y_val, p_val, trained.threshold, Path(tmp) / "plots", "validation")
+            for plot in plots:
+                mlflow.log_artifact(str(plot), artifact_path="plots")
+            info = mlflow.sklearn.log_model(
+                trained.pipeline,
+                name="model",
+                signature=signature,
+                input_example=example,
+                pip_requirements=pinned_requirements(),
+                skops_trusted_types=skops_trusted_types(trained.pipeline),
+                registered_model_name=model_name,
+            )
+        version = str(info.registered_model_version)
+        for key, value in tags.items():
+            client.set_model_version_tag(model_name, version, key, value)
+        return LoggedModel(
+            run_id=run.info.run_id, model_uri=f"models:/{model_name}/{version}", version=version
         )
-    version = str(info.registered_model_version)
-    for key, value in tags.items():
-        client.set_model_version_tag(model_name, version, key, value)
-    return LoggedModel(
-        run_id=run.info.run_id, model_uri=f"models:/{model_name}/{version}", version=version
-    )

@@ -8,7 +8,13 @@ import time
 from pathlib import Path
 
 import pytest
-from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
+from mlflow.entities.model_registry import (
+    ModelVersion,
+    ModelVersionTag,
+    RegisteredModel,
+    RegisteredModelAlias,
+    RegisteredModelTag,
+)
 
 from mlre.registry import (
     AUDIT_VALUE_MAX,
@@ -24,6 +30,7 @@ from mlre.registry import (
     file_lock,
     records_from_tags,
     refusal_reasons,
+    unfinished,
 )
 from mlre.settings import Settings
 
@@ -101,6 +108,49 @@ def test_records_from_tags_are_ordered_and_numbered() -> None:
     assert [(r.seq, r.to_version) for r in records] == [(3, "4"), (12, "5")]
     assert all(r.recorded for r in records)
     assert not _record().recorded
+
+
+def _model(aliases: dict[str, str], *records: AuditRecord) -> RegisteredModel:
+    """A registered model with these aliases and audit records (seq 1, 2, ...)."""
+    tags = [RegisteredModelTag(audit_key(i), r.to_json()) for i, r in enumerate(records, 1)]
+    return RegisteredModel(
+        "fraud", tags=tags, aliases=[RegisteredModelAlias(k, v) for k, v in aliases.items()]
+    )
+
+
+FIRST = _record(action="promote", from_version=None, to_version="1")
+SECOND = _record(action="promote", from_version="1", to_version="2")
+BACK = _record(action="rollback", from_version="2", to_version="1")
+
+
+@pytest.mark.parametrize(
+    ("aliases", "records", "action", "version", "pending"),
+    [
+        # The server died after the record: aliases not moved, half moved, challenger left.
+        ({"champion": "1"}, (FIRST, SECOND), "promote", "2", True),
+        ({"champion": "2"}, (FIRST, SECOND), "promote", "2", True),
+        ({"champion": "2", "previous-champion": "1", "challenger": "2"}, (FIRST, SECOND),
+         "promote", "2", True),
+        ({"champion": "2", "previous-champion": "1"}, (FIRST, BACK), "rollback", None, True),
+        # Finished, another version, another action, or nothing recorded: nothing to complete.
+        ({"champion": "2", "previous-champion": "1"}, (FIRST, SECOND), "promote", "2", False),
+        ({"champion": "1"}, (FIRST, SECOND), "promote", "3", False),
+        ({"champion": "1"}, (FIRST, BACK), "rollback", None, False),
+        ({"champion": "1"}, (FIRST, SECOND), "rollback", None, False),
+        ({"champion": "1"}, (), "promote", "1", False),
+    ],
+)  # fmt: skip
+def test_unfinished_finds_a_record_whose_aliases_lag(
+    aliases: dict[str, str],
+    records: tuple[AuditRecord, ...],
+    action: str,
+    version: str | None,
+    pending: bool,
+) -> None:
+    found = unfinished(_model(aliases, *records), action, version)
+    assert (found is not None) == pending
+    if found is not None:
+        assert (found.seq, found.to_version) == (len(records), records[-1].to_version)
 
 
 def _version(status: str = "READY", tags: dict[str, str] | None = None) -> ModelVersion:
