@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy
 import yaml
 from feast import (
     Entity,
@@ -27,7 +28,7 @@ from feast.repo_contents import RepoContents
 from feast.repo_operations import apply_total_with_repo_instance, get_repo_files
 from feast.stream_feature_view import StreamFeatureView
 
-from mlre.errors import ConfigError, FeatureStoreError
+from mlre.errors import ConfigError, FeatureStoreError, ServiceUnavailableError
 from mlre.settings import Settings
 
 PROFILE_FILES = {"local": "feature_store.yaml", "production": "feature_store.production.yaml"}
@@ -207,10 +208,18 @@ def apply_repo(store: FeatureStore, repo_path: Path, settings: Settings) -> Appl
     project = store.project
     if not contents.projects:
         contents.projects.append(Project(name=project, description=""))
-    apply_total_with_repo_instance(
-        store, project, store.registry, contents, skip_source_validation=True
-    )
-    store.refresh_registry()
+    try:
+        apply_total_with_repo_instance(
+            store, project, store.registry, contents, skip_source_validation=True
+        )
+        store.refresh_registry()
+    except sqlalchemy.exc.OperationalError as exc:  # the SQL registry's database did not answer
+        raise ServiceUnavailableError(
+            f"The Feast registry {registry_location(store)} did not answer while applying feature "
+            f"repo {repo_path} ({exc.orig or exc}). Check that its database runs and that "
+            "MLRE_REGISTRY_URI points at it, then re-run the apply (mlre features apply): objects "
+            "are written one at a time, so a re-run converges."
+        ) from exc
     return ApplySummary(
         project=project,
         entities=sorted(e.name for e in store.list_entities()),
@@ -218,6 +227,14 @@ def apply_repo(store: FeatureStore, repo_path: Path, settings: Settings) -> Appl
         on_demand_feature_views=sorted(v.name for v in store.list_on_demand_feature_views()),
         feature_services=sorted(s.name for s in store.list_feature_services()),
     )
+
+
+def registry_location(store: FeatureStore) -> str:
+    """Where the store's registry lives, passwords masked (for error messages)."""
+    path = str(store.config.registry.path)
+    if "://" not in path:
+        return path
+    return sqlalchemy.engine.make_url(path).render_as_string(hide_password=True)
 
 
 def get_feature_view(store: FeatureStore, name: str) -> FeatureView:
