@@ -12,13 +12,14 @@ Partitions are independent units of work that any task runner can run in paralle
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import duckdb
 import pyarrow as pa
@@ -26,8 +27,10 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 from feast import FeatureStore, FeatureView
+from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.infra.offline_stores.file_source import FileSource
-from feast.utils import _convert_arrow_to_proto
+from feast.infra.online_stores.sqlite import _table_id, adapt_datetime_epoch
+from feast.utils import _convert_arrow_to_proto, to_naive_utc
 from filelock import FileLock
 
 from mlre.data.lake import WindowError, check_window
@@ -37,6 +40,11 @@ Mode = Literal["incremental", "backfill"]
 # Rows per write batch: Feast turns each row into protobuf objects, so this, not the source size,
 # bounds the Python-side memory of a write (measured: 50k-row batches grew the 5M-row peak 1.7x).
 BATCH_ROWS = 5_000
+# A Redis write lock expires after this (a crashed writer cannot block the view for ever); a
+# writer waits at most this long for it. SQLite's `IN (...)` list is read in chunks.
+WRITE_LOCK_TTL_S = 120
+WRITE_LOCK_WAIT_S = 300
+SQLITE_KEYS_PER_QUERY = 900
 
 
 @dataclass(frozen=True)
@@ -238,24 +246,72 @@ def iter_latest_batches(
         connection.close()
 
 
-def online_write_lock(store: FeatureStore) -> AbstractContextManager[object]:
-    """One writer at a time for SQLite (it overwrites blindly and locks under two writers).
+def online_write_lock(
+    store: FeatureStore, feature_view: FeatureView
+) -> AbstractContextManager[Any]:
+    """One writer at a time, across processes, between reading the stored event times and writing.
 
-    A file lock, unlike a thread lock, also serialises partitions that a task runner placed in
-    other processes. Redis takes concurrent writers, so it gets no lock.
+    SQLite: a file lock per database (it also locks up under two writers). Redis: a Redis lock
+    per view; Feast compares event times itself, but another process could write between its
+    read and its write. Either way the newest row per key wins, whatever order writes land in.
     """
     online = store.config.online_store
     if getattr(online, "type", "sqlite") == "sqlite":
-        db_path = Path(store.config.repo_path or ".") / online.path
-        return FileLock(str(db_path) + ".write.lock")
-    return nullcontext()
+        return FileLock(str(_sqlite_path(store)) + ".write.lock")
+    client = store._get_provider().online_store._get_client(online)
+    name = f"mlre:materialize:{store.project}:{feature_view.name}"
+    return client.lock(name, timeout=WRITE_LOCK_TTL_S, blocking_timeout=WRITE_LOCK_WAIT_S)
+
+
+def _sqlite_path(store: FeatureStore) -> Path:
+    return Path(store.config.repo_path or ".") / store.config.online_store.path
+
+
+def _stored_event_times(
+    store: FeatureStore, feature_view: FeatureView, keys: list[bytes]
+) -> dict[bytes, int]:
+    """Event time of each key the SQLite online store holds, as Feast stores it (epoch s)."""
+    versioning = store.config.registry.enable_online_feature_view_versioning
+    table = quote_identifier(_table_id(store.project, feature_view, versioning))
+    found: dict[bytes, int] = {}
+    with closing(sqlite3.connect(_sqlite_path(store))) as connection:
+        for start in range(0, len(keys), SQLITE_KEYS_PER_QUERY):
+            chunk = keys[start : start + SQLITE_KEYS_PER_QUERY]
+            marks = ", ".join("?" * len(chunk))
+            rows = connection.execute(
+                f"SELECT entity_key, max(event_ts) FROM {table} "
+                f"WHERE entity_key IN ({marks}) GROUP BY entity_key",
+                chunk,
+            )
+            found.update((key, int(ts)) for key, ts in rows if ts is not None)
+    return found
+
+
+def keep_newer(store: FeatureStore, feature_view: FeatureView, rows: list[Any]) -> list[Any]:
+    """Drop rows older than what the online store holds for their key (call under the lock).
+
+    Feast's SQLite store overwrites blindly, so an older window landing after a newer one (a
+    backfill, or two runs racing) would turn values back in time; its Redis store checks itself.
+    """
+    if getattr(store.config.online_store, "type", "sqlite") != "sqlite" or not rows:
+        return rows
+    version = store.config.entity_key_serialization_version
+    keys = [serialize_entity_key(row[0], version) for row in rows]
+    stored = _stored_event_times(store, feature_view, keys)
+    return [
+        row
+        for key, row in zip(keys, rows, strict=True)
+        if key not in stored or adapt_datetime_epoch(to_naive_utc(row[2])) >= stored[key]
+    ]
 
 
 def write_batch(store: FeatureStore, feature_view: FeatureView, batch: pa.RecordBatch) -> int:
-    """Write one batch through Feast's online-write path (the one its local engine uses)."""
+    """Write one batch through Feast's online-write path (the one its local engine uses); keys
+    whose stored row is newer are left alone. Returns the keys written."""
     join_keys = {e.name: e.dtype.to_value_type() for e in feature_view.entity_columns}
     rows = _convert_arrow_to_proto(batch, feature_view, join_keys)
-    with online_write_lock(store):
+    with online_write_lock(store, feature_view):
+        rows = keep_newer(store, feature_view, rows)
         store._get_provider().online_write_batch(store.config, feature_view, rows, progress=None)
     return len(rows)
 

@@ -82,6 +82,17 @@ def test_rerun_is_idempotent_and_incremental_equals_backfill(make_feature_env, p
     pd.testing.assert_frame_equal(before, _online_snapshot(backfill, view))
 
 
+@pytest.mark.parametrize("profile", PROFILES)
+def test_an_older_window_written_later_keeps_the_newer_values(make_feature_env, profile) -> None:
+    """A backfill of old days (or a run racing a newer one) never turns online values back."""
+    env = make_feature_env(profile)
+    view = "customer_daily_stats_fv"
+    _run_engine(env, view, _full_window(env))
+    newest = _online_snapshot(env, view)
+    _run_engine(env, view, engine.Window(env.config.start, env.config.start + timedelta(days=3)))
+    pd.testing.assert_frame_equal(_online_snapshot(env, view), newest)
+
+
 def test_parallel_partitions_on_sqlite_go_through_one_writer(make_feature_env) -> None:
     parallel, serial = make_feature_env("local"), make_feature_env("local")
     view, window, partitions = "customer_daily_stats_fv", _full_window(parallel), 8
