@@ -1,7 +1,7 @@
 """Batch inference: load the champion, score point-in-time features, keep a prediction log.
 
 The prediction log is a contract other code reads (drift, monitoring, the online service writes the
-same shape). One parquet file per scoring call under `lake/predictions/<model>/`, columns:
+same shape). One parquet file per scoring call under `<lake>/predictions/<model>/`, columns:
 
 - the entity key columns (e.g. `customer_id` int64),
 - `event_timestamp` timestamp[us, UTC]: the time the prediction is for,
@@ -10,7 +10,10 @@ same shape). One parquet file per scoring call under `lake/predictions/<model>/`
 - `predicted_at` timestamp[us, UTC],
 - the model's input feature columns under their own names (drift compares them).
 
-Files are written to a hidden temp file, fsynced and renamed, so readers never see half a file.
+`<lake>` is a local folder (`<home>/lake` by default) or an object-store URI such as
+`s3://bucket/prefix` (`Settings.prediction_log_root`); pyarrow.fs reads and writes both. Local files
+are written to a hidden temp file, fsynced and renamed; an object is uploaded whole and only
+appears once complete. Either way readers never see half a file.
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from feast import FeatureService, FeatureStore
 
@@ -351,27 +356,74 @@ def prediction_table(frame: pd.DataFrame, key_columns: Sequence[str] = DEFAULT_K
         raise InferenceError(f"Prediction frame does not fit the log schema: {exc}") from exc
 
 
-def predictions_dir(lake_dir: Path, model_name: str) -> Path:
-    """Folder holding a model's prediction log."""
+def _local_root(lake_dir: Path | str) -> Path | None:
+    """The local folder a lake root names (a path or file:// URI); None for an object store."""
+    if isinstance(lake_dir, Path) or "://" not in lake_dir:
+        return Path(lake_dir)
+    parts = urlsplit(lake_dir)
+    return Path(parts.path) if parts.scheme == "file" else None
+
+
+def _join_uri(uri: str, *names: str) -> str:
+    """`uri` with path segments appended; its query (pyarrow options such as ?region=) kept."""
+    parts = urlsplit(uri)
+    return urlunsplit(parts._replace(path="/".join([parts.path.rstrip("/"), *names])))
+
+
+def shown_uri(uri: str) -> str:
+    """The URI for messages and return values: no user info, no query (they may hold keys)."""
+    parts = urlsplit(uri)
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+
+
+def predictions_dir(lake_dir: Path | str, model_name: str) -> Path | str:
+    """Folder holding a model's prediction log: a Path, or a URI under an object-store root."""
     _check_name("Model name", model_name)
-    return Path(lake_dir) / "predictions" / model_name
+    local = _local_root(lake_dir)
+    if local is None:
+        return _join_uri(str(lake_dir), "predictions", model_name)
+    return local / "predictions" / model_name
+
+
+def _filesystem(folder: Path | str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) of a log folder from predictions_dir."""
+    if isinstance(folder, Path):
+        return pafs.LocalFileSystem(), str(folder)
+    try:
+        return pafs.FileSystem.from_uri(folder)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        reason = str(exc).replace(folder, shown_uri(folder))  # pyarrow echoes the whole URI
+        raise InferenceError(
+            f"Cannot open the prediction log at {shown_uri(folder)}: {reason}. Point "
+            "MLRE_PREDICTION_LOG_URI at a local folder or s3://bucket/prefix (pyarrow options "
+            "such as ?region=eu-west-1 may follow)."
+        ) from exc
 
 
 def write_predictions(
     frame: pd.DataFrame,
-    lake_dir: Path,
+    lake_dir: Path | str,
     model_name: str,
     *,
     run_id: str,
     key_columns: Sequence[str] = DEFAULT_KEYS,
     now: datetime | None = None,
-) -> Path:
-    """Write one partition `part-YYYYMMDD-<run_id>.parquet` atomically; a rerun replaces it."""
+) -> Path | str:
+    """Write one partition `part-YYYYMMDD-<run_id>.parquet` atomically; a rerun replaces it.
+
+    `lake_dir` is the lake root: a local folder (returns the file's Path) or an object-store URI
+    such as s3://bucket/prefix (returns the object's URI, without query options).
+    """
     _check_name("run_id", run_id)
     table = prediction_table(frame, key_columns)
     folder = predictions_dir(lake_dir, model_name)
     day = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%d")
-    target = folder / f"part-{day}-{run_id}.parquet"
+    name = f"part-{day}-{run_id}.parquet"
+    if isinstance(folder, str):
+        uri = _write_object(table, folder, name)
+        log.info("Wrote %d predictions of %s to %s", table.num_rows, model_name, uri)
+        return uri
+    target = folder / name
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -401,8 +453,26 @@ def _write_atomic(table: pa.Table, target: Path) -> None:
             log.warning("Could not remove temp file %s; readers ignore hidden files.", tmp)
         raise InferenceError(
             f"Could not write predictions to folder {target.parent}: {exc}. Make it writable "
-            "and retry; no partial file was left."
+            "with free space, then retry (re-run batch-inference); no partial file was left."
         ) from exc
+
+
+def _write_object(table: pa.Table, folder: str, name: str) -> str:
+    """Upload the whole file in one stream: an object store shows it complete or not at all."""
+    filesystem, path = _filesystem(folder)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    target = shown_uri(_join_uri(folder, name))
+    try:
+        with filesystem.open_output_stream(f"{path}/{name}") as out:
+            out.write(sink.getvalue())
+    except (OSError, pa.ArrowException) as exc:
+        raise InferenceError(
+            f"Could not write predictions to {target}: {exc}. Check that the bucket exists and "
+            "that this process's AWS credentials (IRSA role, AWS_* variables) may s3:PutObject "
+            f"under {shown_uri(folder)}/, then retry; no partial object was left."
+        ) from exc
+    return target
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -433,20 +503,69 @@ def _window(table: pa.Table, start: datetime | None, end: datetime | None) -> pa
     return table
 
 
+def _is_partition(info: pafs.FileInfo) -> bool:
+    """A `part-*.parquet` file; hidden temp files (`.part-...tmp`) and folders are not."""
+    name = info.base_name
+    is_file = info.type == pafs.FileType.File
+    return is_file and name.startswith("part-") and name.endswith(".parquet")
+
+
+def _check_bucket(filesystem: pafs.FileSystem, folder: str) -> None:
+    """An object store lists a missing bucket as empty: say so instead of reading no rows."""
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        return
+    bucket = folder.split("/", 1)[0]
+    if filesystem.get_file_info(bucket).type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"bucket {bucket!r} does not exist")
+
+
+def _partitions(filesystem: pafs.FileSystem, folder: str, where: str) -> list[str]:
+    """Sorted paths of a log folder's partitions; a missing folder has none."""
+    try:
+        infos = filesystem.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+        files = sorted(info.path for info in infos if _is_partition(info))
+        if not files:
+            _check_bucket(filesystem, folder)
+    except (OSError, pa.ArrowException) as exc:
+        raise InferenceError(
+            f"Could not list the prediction log at {where}: {exc}. Check the bucket name "
+            "(MLRE_PREDICTION_LOG_URI) and that this process's credentials may list it "
+            "(s3:ListBucket)."
+        ) from exc
+    return files
+
+
+def _read_partition(filesystem: pafs.FileSystem, path: str, where: str) -> pa.Table:
+    """One partition; an unreadable one is an InferenceError naming it."""
+    try:
+        return pq.read_table(path, filesystem=filesystem)
+    except (OSError, pa.ArrowException) as exc:
+        raise InferenceError(
+            f"Could not read prediction-log partition {path.rsplit('/', 1)[-1]} at {where}: "
+            f"{exc}. Check read access (s3:GetObject on the prefix); a file that is not "
+            "parquet has to be re-written or removed."
+        ) from exc
+
+
 def read_predictions(
-    lake_dir: Path,
+    lake_dir: Path | str,
     model_name: str,
     start: datetime | None = None,
     end: datetime | None = None,
     *,
     key_columns: Sequence[str] = DEFAULT_KEYS,
 ) -> pd.DataFrame:
-    """The prediction log of a model, optionally for start <= event_timestamp < end."""
+    """The prediction log of a model, optionally for start <= event_timestamp < end.
+
+    `lake_dir` is the lake root: a local folder or an object-store URI (s3://bucket/prefix).
+    """
     folder = predictions_dir(lake_dir, model_name)
-    files = sorted(p for p in folder.glob("part-*.parquet") if not p.name.startswith("."))
+    filesystem, path = _filesystem(folder)
+    where = str(folder) if isinstance(folder, Path) else shown_uri(folder)
+    files = _partitions(filesystem, path, where)
     if not files:
         return _empty_log(key_columns)
-    tables = [_window(pq.read_table(path), start, end) for path in files]
+    tables = [_window(_read_partition(filesystem, f, where), start, end) for f in files]
     # Model versions may log different features: missing ones become nulls.
     table = pa.concat_tables(tables, promote_options="default")
     return table.to_pandas()
