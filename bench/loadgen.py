@@ -3,7 +3,9 @@
 Request i goes out at start + i / rate whether or not earlier ones have answered (open loop), so a
 slow server shows up as latency and errors, never as a politely lower rate. Each request scores
 one instance with a random known customer and amount and carries its own request_id
-(`<prefix>-<i>`), so the prediction log can be matched against what was answered. Runs in its own
+(`<prefix>-<i>`), so the prediction log can be matched against what was answered. With
+`--features` it sends `feast serve` bodies for the same customers instead (the fetch-only
+reference of the serving benchmark). Runs in its own
 process (asyncio + httpx) so it does not share an interpreter with the service it measures:
 
     python -m bench.loadgen http://127.0.0.1:8000/predict --rate 50 --duration 600 --window 10
@@ -48,6 +50,9 @@ class LoadConfig:
     warmup: int = 0
     start_at: float | None = None  # wall-clock (time.time()) start of the schedule
     id_prefix: str = "load"
+    # Feature references: send Feast feature-server bodies (`feast serve` /get-online-features)
+    # for the same customers instead of /predict bodies: the fetch-only reference.
+    features: tuple[str, ...] = ()
 
     @property
     def total(self) -> int:
@@ -80,6 +85,8 @@ class Bodies:
     def make(self, request_id: str) -> dict[str, Any]:
         customer = self.config.first_customer + self.rng.randrange(self.config.customers)
         amount = round(self.rng.lognormvariate(3.5, 0.8), 2)
+        if self.config.features:
+            return {"features": list(self.config.features), "entities": {"customer_id": [customer]}}
         instance = {"customer_id": customer, "amount": amount, "request_id": request_id}
         return {"instances": [instance]}
 
@@ -237,6 +244,9 @@ def parse_args(argv: Sequence[str]) -> tuple[LoadConfig, Path | None]:
     parser.add_argument("--start-at", type=float, help="wall-clock epoch seconds to start at")
     parser.add_argument("--id-prefix", default="load", help="request_id prefix")
     parser.add_argument("--out", type=Path, help="write the JSON here instead of stdout")
+    parser.add_argument(
+        "--features", default="", help="comma-separated feature refs: feast serve bodies instead"
+    )
     args = parser.parse_args(argv)
     if args.rate <= 0 or args.duration <= 0 or args.window <= 0:
         parser.error("--rate, --duration and --window must be positive")
@@ -245,6 +255,7 @@ def parse_args(argv: Sequence[str]) -> tuple[LoadConfig, Path | None]:
         customers=args.customers, first_customer=args.first_customer, seed=args.seed,
         timeout_s=args.timeout, connections=args.connections, warmup=args.warmup,
         start_at=args.start_at, id_prefix=args.id_prefix,
+        features=tuple(f for f in args.features.split(",") if f),
     )  # fmt: skip
     return config, args.out
 

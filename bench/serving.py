@@ -21,7 +21,7 @@ import platform
 import shutil
 import subprocess
 import sys
-import textwrap
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -31,65 +31,14 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from mlre.data.generator import GeneratorConfig
 from mlre.settings import PROJECT_ROOT, Settings, apply_runtime_env
 
 RESULTS_PATH = PROJECT_ROOT / "bench" / "results" / "serving.json"
 TARGETS = {"p99_ms": 10.0, "errors": 0}
 N_CUSTOMERS = 2_000
+FIRST_CUSTOMER = GeneratorConfig.customer_id_offset  # ids the generator writes
 DAILY_VIEW = "customer_daily_stats_fv"
-
-LOADGEN = textwrap.dedent(
-    """
-    import asyncio, json, random, sys, time
-    import httpx
-
-    url, kind = sys.argv[1], sys.argv[2]
-    rate, duration, n = float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
-    features = json.loads(sys.argv[6]) if len(sys.argv) > 6 else []
-    random.seed(1)
-
-    def body():
-        cid = 1001 + random.randrange(n)
-        if kind == "predict":
-            amount = round(random.lognormvariate(3.5, 0.8), 2)
-            return {"instances": [{"customer_id": cid, "amount": amount}]}
-        return {"features": features, "entities": {"customer_id": [cid]}}
-
-    async def one(client, lat, errs):
-        began = time.perf_counter()
-        try:
-            r = await client.post(url, json=body())
-            ok = r.status_code == 200
-        except Exception:
-            ok = False
-        lat.append((time.perf_counter() - began) * 1000)
-        if not ok:
-            errs.append(1)
-
-    async def main():
-        lat, errs, tasks = [], [], []
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-        async with httpx.AsyncClient(timeout=5, limits=limits) as client:
-            for _ in range(20):  # warm-up, not measured
-                await one(client, [], [])
-            start = time.perf_counter()
-            total = int(rate * duration)
-            for i in range(total):
-                delay = start + i / rate - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                tasks.append(asyncio.create_task(one(client, lat, errs)))
-            await asyncio.gather(*tasks)
-            elapsed = time.perf_counter() - start
-        lat.sort()
-        q = lambda p: round(lat[min(len(lat) - 1, int(p * len(lat)))], 3)
-        print(json.dumps({"requests": len(lat), "errors": len(errs), "seconds": round(elapsed, 2),
-                          "achieved_rps": round(len(lat) / elapsed, 1), "p50_ms": q(0.5),
-                          "p90_ms": q(0.9), "p99_ms": q(0.99), "max_ms": round(lat[-1], 3)}))
-
-    asyncio.run(main())
-    """
-)
 
 STORE_YAML = """project: fraud_detection
 provider: local
@@ -120,31 +69,31 @@ def _wait_http(url: str, timeout_s: float = 60.0) -> None:
     raise RuntimeError(f"{url} did not answer within {timeout_s} s")
 
 
-def _load(url: str, kind: str, rate: float, duration: float, extra: list[str]) -> dict[str, Any]:
-    """Run the load generator in its own process and parse its JSON line."""
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            LOADGEN,
-            url,
-            kind,
-            str(rate),
-            str(duration),
-            str(N_CUSTOMERS),
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=duration + 120,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def _load(url: str, rate: float, duration: float, features: list[str] | None = None) -> dict:
+    """`python -m bench.loadgen` in its own process (20 warm-up requests, not measured)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "load.json"
+        command = [
+            sys.executable, "-m", "bench.loadgen", url, "--rate", str(rate),
+            "--duration", str(duration), "--warmup", "20", "--customers", str(N_CUSTOMERS),
+            "--first-customer", str(FIRST_CUSTOMER), "--out", str(out),
+        ]  # fmt: skip
+        if features:
+            command += ["--features", ",".join(features)]
+        subprocess.run(command, cwd=PROJECT_ROOT, check=True, timeout=duration + 180)
+        report = json.loads(out.read_text())
+    totals = report["totals"]
+    keys = ("requests", "errors", "error_kinds", "p50_ms", "p90_ms", "p99_ms", "max_ms")
+    return {
+        **{key: totals[key] for key in keys},
+        "achieved_rps": report["achieved_rps"],
+        "send_lag_p99_ms": report["send_lag_p99_ms"],
+    }
 
 
 def _prepare(root: Path, redis_conn: str, tracking_uri: str) -> tuple[Settings, Any]:
     """Temp repo with a Redis store, generated sources, materialized view, two model versions."""
-    from mlre.data.generator import GeneratorConfig, generate_sources, write_sources
+    from mlre.data.generator import generate_sources, write_sources
     from mlre.features.materialize import Window, materialize_view
     from mlre.features.store import apply_repo, open_store
     from tests.integration.test_serving import register_model
@@ -245,7 +194,7 @@ def _ours(settings: Settings, versions: list[str], rate: float, duration: float)
         cpu_before = _cpu_s(proc.pid)
         mover.start()
         try:
-            result = _load(f"http://127.0.0.1:{port}/predict", "predict", rate, duration, [])
+            result = _load(f"http://127.0.0.1:{port}/predict", rate, duration)
         finally:
             mover.cancel()
         cpu = _cpu_s(proc.pid) - cpu_before
@@ -275,7 +224,7 @@ def _reference(settings: Settings, store: Any, rate: float, duration: float) -> 
         _wait_http(f"http://127.0.0.1:{port}/health", timeout_s=90)
         url = f"http://127.0.0.1:{port}/get-online-features"
         cpu_before = _cpu_s(proc.pid)
-        result = _load(url, "features", rate, duration, [json.dumps(features)])
+        result = _load(url, rate, duration, features)
         cpu = _cpu_s(proc.pid) - cpu_before
         return {
             **result,

@@ -56,7 +56,7 @@ def materialize(env: FeatureEnv) -> None:
 
 def customers(env: FeatureEnv) -> list[int]:
     """Entity keys the generator produced."""
-    return list(range(1001, 1001 + env.config.n_customers))
+    return [int(c) for c in env.config.customer_ids]
 
 
 def random_instances(keys: list[int], n: int, rng: np.random.Generator) -> list[dict]:

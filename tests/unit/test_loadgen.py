@@ -64,6 +64,20 @@ def test_bodies_are_deterministic_known_customers() -> None:
     assert customers <= set(range(1000, 1010))
 
 
+def test_feature_bodies_ask_feast_serve_for_the_same_customers() -> None:
+    refs = ("fv:a", "fv:b")
+    config = LoadConfig(url="http://x", rate=1, duration_s=1, customers=10, features=refs)
+    plain = LoadConfig(url="http://x", rate=1, duration_s=1, customers=10)
+    body = loadgen.Bodies(config).make("r-0")
+    assert body == {
+        "features": ["fv:a", "fv:b"],
+        "entities": {
+            "customer_id": [loadgen.Bodies(plain).make("r-0")["instances"][0]["customer_id"]]
+        },
+    }
+    assert loadgen.parse_args(["http://x", "--features", "fv:a,fv:b"])[0].features == refs
+
+
 def _load(outcomes: list[Outcome], config: soak.SoakConfig) -> dict:
     return loadgen.report(
         LoadConfig(url="u", rate=config.rate, duration_s=config.duration_s), [], outcomes, 60.0
