@@ -191,20 +191,57 @@ def _ours(settings: Settings, versions: list[str], rate: float, duration: float)
             duration / 2,
             lambda: client.set_registered_model_alias(settings.model_name, "champion", versions[1]),
         )
-        cpu_before = _cpu_s(proc.pid)
         mover.start()
         try:
-            result = _load(f"http://127.0.0.1:{port}/predict", rate, duration)
+            result = _measured(proc.pid, f"http://127.0.0.1:{port}/predict", rate, duration)
         finally:
             mover.cancel()
-        cpu = _cpu_s(proc.pid) - cpu_before
         scraped = _scrape(port)
+    return {**result, **scraped, "alias_moved_at_s": duration / 2}
+
+
+@contextmanager
+def _process(command: list[str], env: dict[str, str], health_url: str) -> Iterator[int]:
+    """A server process for one side of the benchmark: its pid while it answers health_url."""
+    proc = subprocess.Popen(
+        command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        _wait_http(health_url, timeout_s=90)
+        yield proc.pid
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _measured(
+    pid: int, url: str, rate: float, duration: float, features: list[str] | None = None
+) -> dict:
+    """Load results plus the server's CPU time per request and the machine's load average."""
+    cpu_before = _cpu_s(pid)
+    result = _load(url, rate, duration, features)
+    cpu = _cpu_s(pid) - cpu_before
     return {
         **result,
-        **scraped,
         "service_cpu_ms_per_request": round(1000 * cpu / max(result["requests"], 1), 3),
-        "alias_moved_at_s": duration / 2,
+        "load_avg_1m_after": round(os.getloadavg()[0], 2),
     }
+
+
+def _floor(settings: Settings, rate: float, duration: float) -> dict:
+    """bench.floor_app under uvicorn: the same HTTP schema with a constant answer."""
+    from tests.support.servers import free_port
+
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "bench.floor_app:app", "--host", "127.0.0.1",
+               "--port", str(port), "--log-level", "warning", "--no-access-log"]  # fmt: skip
+    env = {**os.environ, **settings.runtime_env()}
+    with _process(command, env, f"http://127.0.0.1:{port}/openapi.json") as pid:
+        return _measured(pid, f"http://127.0.0.1:{port}/predict", rate, duration)
 
 
 def _reference(settings: Settings, store: Any, rate: float, duration: float) -> dict:
@@ -214,29 +251,30 @@ def _reference(settings: Settings, store: Any, rate: float, duration: float) -> 
     port = free_port()
     features = [f"{DAILY_VIEW}:{f.name}" for f in store.get_feature_view(DAILY_VIEW).features]
     feast_bin = str(Path(sys.executable).with_name("feast"))
+    command = [feast_bin, "-c", str(settings.feature_repo), "serve", "-h", "127.0.0.1", "-p",
+               str(port), "--no-access-log"]  # fmt: skip
     env = {**os.environ, **settings.runtime_env()}
-    proc = subprocess.Popen(
-        [feast_bin, "-c", str(settings.feature_repo), "serve", "-h", "127.0.0.1", "-p", str(port),
-         "--no-access-log"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/health", timeout_s=90)
+    with _process(command, env, f"http://127.0.0.1:{port}/health") as pid:
         url = f"http://127.0.0.1:{port}/get-online-features"
-        cpu_before = _cpu_s(proc.pid)
-        result = _load(url, rate, duration, features)
-        cpu = _cpu_s(proc.pid) - cpu_before
-        return {
-            **result,
-            "service_cpu_ms_per_request": round(1000 * cpu / max(result["requests"], 1), 3),
-            "features": features,
-        }
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        return {**_measured(pid, url, rate, duration, features), "features": features}
+
+
+def _notes(ours: dict, floor: dict, reference: dict) -> list[str]:
+    """What the numbers say, computed from them."""
+    return [
+        f"HTTP floor (bench.floor_app: same request/response models, constant answer, same load "
+        f"generator): p50 {floor['p50_ms']} ms, p99 {floor['p99_ms']} ms. The service adds "
+        f"{ours['p50_ms'] - floor['p50_ms']:.1f} ms at p50 and "
+        f"{ours['p99_ms'] - floor['p99_ms']:.1f} ms at p99: Feast read, on-demand view, model, "
+        "log and queueing behind other requests.",
+        f"CPU per request: ours {ours['service_cpu_ms_per_request']} ms (mean micro-batch "
+        f"{(ours['mean_batch_instances'] or 0):.2f} instances), feast serve "
+        f"{reference['service_cpu_ms_per_request']} ms (fetch only), floor "
+        f"{floor['service_cpu_ms_per_request']} ms.",
+        f"Machine load average after each side (2 cores, shared): ours "
+        f"{ours['load_avg_1m_after']}, floor {floor['load_avg_1m_after']}, feast serve "
+        f"{reference['load_avg_1m_after']}.",
+    ]
 
 
 def main() -> None:
@@ -260,6 +298,7 @@ def main() -> None:
             root, redis.connection_string, mlflow_server.tracking_uri
         )
         ours = _ours(settings, versions, args.rate, args.duration)
+        floor = _floor(settings, args.rate, args.duration)
         reference = _reference(settings, store, args.rate, args.duration)
     finally:
         mlflow_server.stop()
@@ -273,14 +312,17 @@ def main() -> None:
             f"POST /predict (1 instance: Feast Redis online read + on-demand features + sklearn "
             f"model) at {args.rate:g} req/s for {args.duration:g} s, open loop, load generator in "
             "another process; champion alias moved half-way. Reference: `feast serve` "
-            "/get-online-features for the daily view's features (fetch only), same Redis, rate."
+            "/get-online-features for the daily view's features (fetch only), same Redis, rate; "
+            "floor: the same HTTP schema answering a constant (bench.floor_app)."
         ),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "ours": ours,
+        "floor_http_only": floor,
         "reference_feast_serve": reference,
         "targets": TARGETS,
         "met": met,
+        "notes": _notes(ours, floor, reference),
     }
     RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
     RESULTS_PATH.write_text(json.dumps(results, indent=2) + "\n")
