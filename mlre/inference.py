@@ -372,8 +372,9 @@ def _join_uri(uri: str, *names: str) -> str:
 
 def shown_uri(uri: str) -> str:
     """The URI for messages and return values: no user info, no query (they may hold keys)."""
-    parts = urlsplit(uri)
-    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+    scheme, sep, rest = uri.split("?", 1)[0].partition("://")
+    # rpartition, not urlsplit: a secret key with an unescaped '/' must not leak either.
+    return scheme + sep + rest.rpartition("@")[2]
 
 
 def predictions_dir(lake_dir: Path | str, model_name: str) -> Path | str:

@@ -48,11 +48,22 @@ class Settings(BaseSettings):
     redis_connection_string: str = Field("", description="Feast Redis online store, host:port,...")
     registry_uri: str = Field("", description="Feast SQL registry (postgresql+psycopg://...).")
     offline_uri: str = Field("", description="Offline lake root (s3://bucket/prefix in the cloud).")
+    prediction_log_uri: str = Field(
+        "",
+        description="Root the prediction log lives under: s3://bucket/prefix in the cloud, where "
+        "every writer (service, batch inference) and reader (drift, monitoring, canary) must "
+        "see it; pyarrow URI options may follow (?region=eu-west-1). Default: the local lake.",
+    )
 
     @property
     def lake_dir(self) -> Path:
         """Root of the local parquet lake (sources and prediction logs)."""
         return self.home / "lake"
+
+    @property
+    def prediction_log_root(self) -> Path | str:
+        """Lake root of the prediction log (`<root>/predictions/<model>/`): URI or local lake."""
+        return self.prediction_log_uri or self.lake_dir
 
     @property
     def data_dir(self) -> Path:
