@@ -188,7 +188,9 @@ class PlainRun:
         scored = inference.score_frame(
             self.store, model, service, requests, model_name=self.name, model_version=version
         )
-        inference.write_predictions(scored, self.settings.lake_dir, self.name, run_id="bench")
+        inference.write_predictions(
+            scored, self.settings.prediction_log_root, self.name, run_id="bench"
+        )
 
 
 def plain(home: Path) -> dict[str, float]:

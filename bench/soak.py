@@ -133,7 +133,7 @@ def logged_rows(settings: Settings, prefix: str) -> dict[str, int]:
     """Prediction-log rows of this run (request ids `<prefix>-...`), and how many are unique."""
     from mlre.inference import read_predictions
 
-    log = read_predictions(settings.lake_dir, settings.model_name)
+    log = read_predictions(settings.prediction_log_root, settings.model_name)
     ours = log[log["request_id"].astype(str).str.startswith(f"{prefix}-")]
     return {"rows": len(ours), "unique_request_ids": int(ours["request_id"].nunique())}
 

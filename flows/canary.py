@@ -123,7 +123,7 @@ def wait_for_predictions(
     settings = runtime_settings()
     deadline = time.monotonic() + params.step_timeout_s
     while True:
-        log = read_predictions(settings.lake_dir, model_name, start=since)
+        log = read_predictions(settings.prediction_log_root, model_name, start=since)
         canary_scores = log.loc[
             (log["route"] == "canary") & (log["model_version"] == version), "score"
         ].to_numpy()

@@ -147,7 +147,9 @@ def load_current(params: CheckDriftParams, reference: Reference) -> pd.DataFrame
     start, end = _window(params)
     label = f"model {reference.model_name!r} version {reference.version}"
     if params.source == "predictions":
-        frame = inference.read_predictions(settings.lake_dir, reference.model_name, start, end)
+        frame = inference.read_predictions(
+            settings.prediction_log_root, reference.model_name, start, end
+        )
         frame = frame[frame["model_version"] == reference.version]
         where = f"the prediction log of {label}"
     else:

@@ -73,11 +73,11 @@ def score_window(params: BatchInferenceParams, requests: pd.DataFrame) -> pd.Dat
     retry_condition_fn=transient_only,
 )
 def write_log(params: BatchInferenceParams, predictions: pd.DataFrame) -> str:
-    """Append one partition to the prediction log, atomically."""
+    """Append one partition to the prediction log (local lake or MLRE_PREDICTION_LOG_URI)."""
     settings = runtime_settings()
     path = inference.write_predictions(
         predictions,
-        settings.lake_dir,
+        settings.prediction_log_root,
         params.model_name or settings.model_name,
         run_id=str(flow_run.get_id() or "local"),
     )

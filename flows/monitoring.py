@@ -80,7 +80,7 @@ def labelled_predictions(params: MonitorParams, model_name: str, version: str) -
     """The version's predictions of the window that have a label by now."""
     settings = runtime_settings()
     start, end = _window(params)
-    predictions = inference.read_predictions(settings.lake_dir, model_name, start, end)
+    predictions = inference.read_predictions(settings.prediction_log_root, model_name, start, end)
     predictions = predictions[predictions["model_version"] == version]
     if predictions.empty:
         raise monitoring.MonitoringError(

@@ -1,4 +1,9 @@
-"""The online prediction log: rows buffered in memory, flushed in batches to the lake."""
+"""The online prediction log: rows buffered in memory, flushed in batches to the lake.
+
+The lake root is `Settings.prediction_log_root`: the local lake by default, the bucket named by
+MLRE_PREDICTION_LOG_URI (s3://...) in the cloud, where pods are ephemeral and the drift,
+monitoring and canary flows read the log from other pods.
+"""
 
 from __future__ import annotations
 
@@ -21,19 +26,20 @@ class PredictionLog:
     """Append rows from request threads; a background thread writes them by size or interval.
 
     A failed write puts the rows back, so they go out with the next flush; `close()` flushes
-    what is left (the app's lifespan calls it on shutdown, SIGTERM included).
+    what is left (the app's lifespan calls it on shutdown, SIGTERM included). `lake_dir` is a
+    local folder or an object-store URI (see mlre.inference.write_predictions).
     """
 
     def __init__(
         self,
-        lake_dir: Path,
+        lake_dir: Path | str,
         model_name: str,
         *,
         flush_rows: int,
         flush_interval_s: float,
         on_error: Callable[[Exception], None] | None = None,
     ) -> None:
-        self.lake_dir = Path(lake_dir)
+        self.lake_dir = lake_dir
         self.model_name = model_name
         self.flush_rows = flush_rows
         self.flush_interval_s = flush_interval_s
