@@ -18,9 +18,10 @@ from infra.k8s import (
 APP = "serving"
 PORT = 8000  # MLRE_SERVING_PORT; set explicitly below so the image default cannot drift
 UID = 10001  # the flows image's USER (Dockerfile)
-HOME = "/tmp/mlre"  # MLRE_HOME: the emptyDir; models, temp files and the local prediction log
+HOME = "/tmp/mlre"  # MLRE_HOME: the emptyDir; downloaded models and temp files only
 # Key prefix of the prediction log in its bucket: mlre.inference.predictions_dir writes
-# `<lake>/predictions/<model>/part-*.parquet`; the role may write there and nowhere else.
+# `<MLRE_PREDICTION_LOG_URI>/predictions/<model>/part-*.parquet`; the role may write there and
+# nowhere else.
 PREDICTION_PREFIX = "predictions"
 MLFLOW_USER = "admin"  # the only user basic-auth creates; see README "Known limits"
 GRACE_S = 45  # uvicorn drains for 30 s (serving/__main__.py), plus the preStop pause
@@ -34,6 +35,11 @@ SCRAPE_ANNOTATIONS = {
 def in_cluster_url(service: str, namespace: str) -> str:
     """URL of a port-80 ClusterIP Service from inside the cluster."""
     return f"http://{service}.{namespace}.svc.cluster.local"
+
+
+def prediction_log_uri(bucket_arn: str, region: str) -> str:
+    """MLRE_PREDICTION_LOG_URI for a bucket: the region is given, so pyarrow never looks it up."""
+    return f"s3://{bucket_arn.rsplit(':', maxsplit=1)[-1]}?region={region}"
 
 
 def serving_policy(
@@ -138,6 +144,10 @@ class ServingService(pulumi.ComponentResource):
             opts=k8s_opts,
         )
         labels = {"app.kubernetes.io/name": APP}
+        # Where every replica writes its prediction log, and the flows read it (stack output).
+        self.prediction_log_uri: pulumi.Output[str] = pulumi.Output.from_input(
+            prediction_log_bucket_arn
+        ).apply(lambda arn: prediction_log_uri(arn, region))
         secret_name = secret.metadata.apply(lambda m: m["name"])
         env = {
             "MLRE_HOST": "0.0.0.0",  # settings.host defaults to 127.0.0.1: unreachable in a pod
@@ -146,6 +156,7 @@ class ServingService(pulumi.ComponentResource):
             "MLRE_STORE_PROFILE": "production",
             "MLRE_MLFLOW_URI": mlflow_uri,
             "MLRE_OFFLINE_URI": pulumi.Output.concat("s3://", lake_bucket),
+            "MLRE_PREDICTION_LOG_URI": self.prediction_log_uri,
             "MLFLOW_TRACKING_USERNAME": MLFLOW_USER,
             "AWS_REGION": region,
             "HOME": "/tmp",
@@ -237,4 +248,10 @@ class ServingService(pulumi.ComponentResource):
             self.url = service.status.apply(
                 lambda s: f"http://{s.load_balancer.ingress[0].hostname}"
             )
-        self.register_outputs({"url": self.url, "role_arn": self.role.arn})
+        self.register_outputs(
+            {
+                "url": self.url,
+                "role_arn": self.role.arn,
+                "prediction_log_uri": self.prediction_log_uri,
+            }
+        )

@@ -157,6 +157,8 @@ def build(cfg: StackConfig) -> dict[str, pulumi.Input[object]]:
         "feature_lake_bucket": buckets["feature-lake"].name,
         "feast_registry_bucket": buckets["feast-registry"].name,
         "prediction_log_bucket": buckets["prediction-log"].name,
+        # MLRE_PREDICTION_LOG_URI for flow runs (batch inference writes, drift/monitoring read).
+        "prediction_log_uri": serving.prediction_log_uri,
         "redis_endpoint": cache.endpoint,
         "database_endpoint": db.address,
         "work_pools": workers.work_pools,

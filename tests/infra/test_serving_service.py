@@ -235,6 +235,18 @@ def test_irsa_policy_is_least_privilege(stack_run: Run) -> None:
     assert key_arn.startswith("arn:aws:kms:")
 
 
+def test_prediction_log_goes_to_the_bucket_prefix_the_role_may_write(stack_run: Run) -> None:
+    env = {e["name"]: e["value"] for e in _container(stack_run)["env"]}
+    log_bucket = _bucket_arn(stack_run, "prediction-log")
+    uri = env["MLRE_PREDICTION_LOG_URI"]
+    # Region given: pyarrow asks S3 nothing (HeadBucket needs a permission the role lacks).
+    assert uri == f"s3://{log_bucket.split(':')[-1]}?region={stack_run.outputs['region']}"
+    assert stack_run.outputs["prediction_log_uri"] == uri  # the flows read it from there
+    # The service writes `<uri>/predictions/<model>/part-*.parquet`: inside the granted prefix.
+    writes = [s for s in _policy(stack_run)["Statement"] if "s3:PutObject" in s["Action"]]
+    assert [s["Resource"] for s in writes] == [[f"{log_bucket}/{PREDICTION_PREFIX}/*"]]
+
+
 def test_irsa_policy_passes_the_policy_pack(stack_run: Run) -> None:
     (rp,) = [r for r in stack_run.of_type("aws:iam/rolePolicy:RolePolicy") if f"-{APP}-" in r.name]
     for policy in POLICIES:
