@@ -20,7 +20,7 @@ import flows.promotion
 import flows.training
 from flows.promotion import promote_model
 from flows.training import TrainParams, train_model
-from mlre import registry
+from mlre import registry, training
 from mlre.errors import ServiceUnavailableError
 from tests.integration.conftest import build_feature_env, recent_config
 from tests.reliability.conftest import exported, platform_env
@@ -32,9 +32,8 @@ from tests.reliability.harness import (
     capture,
     register_versions,
 )
-from tests.support.faults import Injection, inject
+from tests.support.faults import Injection, count_calls, inject
 from tests.support.mlflow_server import MlflowServer
-from tests.support.prefect_runs import task_run_states
 from tests.support.servers import run_dir, running
 
 pytestmark = pytest.mark.integration
@@ -77,11 +76,15 @@ def served(
 
 
 @pytest.fixture(autouse=True)
-def no_retry_delay(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The flows' MLflow tasks retry at once (same retry count; the delays are only waiting)."""
+def no_retry_delay(monkeypatch: pytest.MonkeyPatch, mlflow_faults: MlflowServer) -> Iterator[None]:
+    """The flows' MLflow tasks retry at once (same retry count; the delays are only waiting),
+    and the server is up again after each test, even one that failed before restarting it."""
     for module, name in ((flows.training, "log_and_register"), (flows.promotion, "move_champion")):
         task = getattr(module, name)
         monkeypatch.setattr(module, name, task.with_options(retry_delay_seconds=0))
+    yield
+    if not mlflow_faults.running:
+        mlflow_faults.start()
 
 
 def _aliases(client: MlflowClient) -> dict[str, str]:
@@ -129,17 +132,16 @@ def assert_converged(client: MlflowClient, champion: str, previous: str) -> None
 
 
 def assert_failed_clearly(
-    state: Any, killed: Injection, task: str, retries: int, *, names: list[str], fix: str
+    state: Any, killed: Injection, attempts: Injection, tries: int, *, names: list[str], fix: str
 ) -> None:
-    """The fault fired, the task retried `retries` times, the flow failed with the project's
-    transient error naming what failed and what to do."""
+    """The fault fired, the step ran `tries` times (Prefect retried it), and the flow failed
+    with the project's transient error naming what failed and what to do."""
     assert killed.fired
     assert state.is_failed(), state
     error = state.result(raise_on_failure=False)
     assert type(error) is ServiceUnavailableError, repr(error)
     assert_message(error, names=names, fix=fix)
-    attempts = task_run_states(state.state_details.flow_run_id)[task]
-    assert attempts == ["Retrying"] * retries + ["Failed"]
+    assert attempts.calls == tries
 
 
 @pytest.fixture
@@ -158,10 +160,12 @@ def test_mlflow_killed_at_registration_retries_then_fails_and_a_rerun_converges(
         monkeypatch, MlflowClient, "_create_model_version", mlflow_faults.kill, after=False
     )
 
+    attempts = count_calls(monkeypatch, training, "log_training_run")
+
     state = train_model(TRAIN, return_state=True)
 
     assert_failed_clearly(
-        state, killed, "log-and-register", 3,
+        state, killed, attempts, 1 + 3,
         names=[mlflow_faults.tracking_uri, f"model '{MODEL}'"], fix="re-run train-model",
     )  # fmt: skip
     mlflow_faults.start()  # same port, same SQLite store and artifacts
@@ -186,10 +190,12 @@ def test_mlflow_killed_between_alias_writes_leaves_no_orphan_and_a_rerun_converg
         match=lambda args, kwargs: registry.CHAMPION in args,
     )  # fmt: skip
 
+    attempts = count_calls(monkeypatch, registry, "promote")
+
     state = promote_model(MODEL, candidate, reason="passed the gate", return_state=True)
 
     assert_failed_clearly(
-        state, killed, "move-champion-alias", 2,
+        state, killed, attempts, 1 + 2,
         names=[mlflow_faults.tracking_uri, f"'{MODEL}'", f"version {candidate}"], fix="re-run",
     )  # fmt: skip
     mlflow_faults.start()

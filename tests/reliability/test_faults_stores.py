@@ -50,6 +50,16 @@ def postgres_server(servers_root: Path) -> Iterator[PostgresServer]:
         yield server
 
 
+@pytest.fixture(autouse=True)
+def servers_back_up(redis_server: RedisServer, postgres_server: PostgresServer) -> Iterator[None]:
+    """Servers run again after each test, even one that failed before its recovery step."""
+    yield
+    if not redis_server.running:
+        redis_server.start()
+    if postgres_server.handle is None:
+        postgres_server.start()
+
+
 @pytest.fixture
 def production(
     tmp_path_factory: pytest.TempPathFactory,
