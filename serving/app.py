@@ -472,7 +472,7 @@ def build_service(
         on_error=lambda cause, _: metrics.errors.labels(cause=cause, model_version="none").inc(),
     )
     prediction_log = PredictionLog(
-        settings.lake_dir,
+        settings.prediction_log_root,
         model_name,
         flush_rows=config.log_flush_rows,
         flush_interval_s=config.log_flush_interval_s,

@@ -31,9 +31,21 @@ _SAVED_ENV: dict[str, str] = {}
 def pytest_configure(config: pytest.Config) -> None:
     """Export the test home's environment before test modules (and what they import) load."""
     _SAVED_ENV.update(os.environ)
+    _keep_prometheus_in_memory()
     os.environ["MLRE_HOME"] = str(TEST_HOME)
     get_settings.cache_clear()
     apply_runtime_env(get_settings())
+
+
+def _keep_prometheus_in_memory() -> None:
+    """Several prediction-service apps live in this one process, each with its own metrics
+    registry. Feast's import (here via a plugin, before this hook) switches prometheus_client to
+    its multiprocess mode, where same-named metrics of every app share one value and test order
+    decides what a test reads. Metrics created from now on keep per-registry values in memory,
+    as in `python -m serving`, which decides before anything imports Feast."""
+    from prometheus_client import values
+
+    values.ValueClass = values.MutexValue
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
