@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Generator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,32 +41,41 @@ FAULT_COLUMNS = ("fault", "injected", "survived", "data lost")
 OPTION = "--reliability"
 
 
+# The JSON names of a row's fields: name, tried, clean, lost, skipped, the tests not clean.
+CASE_KEYS = ("input_path", "cases", "rejected_cleanly", "data_lost", "skipped", "not_clean")
+FAULT_KEYS = ("fault", "injected", "survived", "data_lost", "skipped", "not_survived")
+
+
 @dataclass
 class Tally:
-    """Outcomes of the cases of one input path."""
+    """Outcomes of the tests of one row: an input path of the corpus, or one fault."""
 
-    input_path: str
-    cases: int = 0
-    rejected_cleanly: int = 0
-    data_lost: int = 0
+    name: str
+    tried: int = 0
+    clean: int = 0
+    lost: int = 0
     skipped: int = 0
     not_clean: list[str] = field(default_factory=list)
 
+    def count(self, outcome: str, line: str | None) -> None:
+        """Add one test's outcome ("skipped" | "clean" | "lost" | "failed")."""
+        if outcome == "skipped":
+            self.skipped += 1
+            return
+        self.tried += 1
+        self.clean += outcome == "clean"
+        self.lost += outcome == "lost"
+        if line:
+            self.not_clean.append(line)
 
-@dataclass
-class FaultTally:
-    """Outcomes of the tests that inject one fault."""
-
-    fault: str
-    injected: int = 0
-    survived: int = 0
-    data_lost: int = 0
-    skipped: int = 0
-    not_survived: list[str] = field(default_factory=list)
+    def row(self, keys: tuple[str, ...]) -> dict[str, Any]:
+        """The tally as JSON under its table's names (CASE_KEYS or FAULT_KEYS)."""
+        values = (self.name, self.tried, self.clean, self.lost, self.skipped, self.not_clean)
+        return dict(zip(keys, values, strict=True))
 
 
 _TALLIES: dict[str, Tally] = {}
-_FAULTS: dict[str, FaultTally] = {}
+_FAULTS: dict[str, Tally] = {}
 _STARTED = time.monotonic()
 
 
@@ -105,30 +114,6 @@ def _outcome(
     return ("lost" if _lost_data(call) else "failed"), name
 
 
-def _count_case(path: str, outcome: str, line: str | None) -> None:
-    tally = _TALLIES.setdefault(path, Tally(path))
-    if outcome == "skipped":
-        tally.skipped += 1
-        return
-    tally.cases += 1
-    tally.rejected_cleanly += outcome == "clean"
-    tally.data_lost += outcome == "lost"
-    if line:
-        tally.not_clean.append(line)
-
-
-def _count_fault(fault: str, outcome: str, line: str | None) -> None:
-    tally = _FAULTS.setdefault(fault, FaultTally(fault))
-    if outcome == "skipped":
-        tally.skipped += 1
-        return
-    tally.injected += 1
-    tally.survived += outcome == "clean"
-    tally.data_lost += outcome == "lost"
-    if line:
-        tally.not_survived.append(line)
-
-
 def record(item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport) -> None:
     """Count one test once: at its call, or at a setup that failed or skipped."""
     path, fault = input_path_of(item), fault_of(item)
@@ -138,9 +123,9 @@ def record(item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestRe
         return
     outcome, line = _outcome(report, call, item.name)
     if path is not None:
-        _count_case(path, outcome, line)
+        _TALLIES.setdefault(path, Tally(path)).count(outcome, line)
     if fault is not None:
-        _count_fault(fault, outcome, line)
+        _FAULTS.setdefault(fault, Tally(fault)).count(outcome, line)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -178,17 +163,17 @@ def _totals(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, int]
 
 def results() -> dict[str, Any]:
     """Both tables as JSON-ready data, with totals."""
-    rows = [asdict(t) for t in _TALLIES.values()]
-    faults = [asdict(t) for t in _FAULTS.values()]
+    rows = [t.row(CASE_KEYS) for t in _TALLIES.values()]
+    faults = [t.row(FAULT_KEYS) for t in _FAULTS.values()]
     return {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "duration_s": round(time.monotonic() - _STARTED, 1),
         "paths": rows,
-        "totals": _totals(rows, ("cases", "rejected_cleanly", "data_lost", "skipped")),
+        "totals": _totals(rows, CASE_KEYS[1:5]),
         "faults": {
             "rows": faults,
-            "totals": _totals(faults, ("injected", "survived", "data_lost", "skipped")),
+            "totals": _totals(faults, FAULT_KEYS[1:5]),
         },
     }
 
@@ -206,33 +191,30 @@ def _table(columns: tuple[str, ...], rows: list[tuple[object, ...]]) -> list[str
     return [line(columns), rule, *(line(r) for r in rows[:-1]), rule, line(rows[-1])]
 
 
+def _render(
+    columns: tuple[str, ...],
+    rows: list[dict[str, Any]],
+    totals: dict[str, int],
+    keys: tuple[str, ...],
+    label: str,
+) -> str:
+    """A table of (name, tried, clean, lost) with its total, then the tests that were not clean."""
+    name, tried, clean, lost, _, not_clean = keys
+    table = [(r[name], r[tried], r[clean], r[lost]) for r in rows]
+    table.append(("total", totals[tried], totals[clean], totals[lost]))
+    listed = [f"  {label} {r[name]}: {', '.join(r[not_clean])}" for r in rows if r[not_clean]]
+    return "\n".join(_table(columns, table) + listed)
+
+
 def render(data: dict[str, Any]) -> str:
     """The corpus table of `results()`."""
-    rows = [
-        (r["input_path"], r["cases"], r["rejected_cleanly"], r["data_lost"]) for r in data["paths"]
-    ]
-    totals = data["totals"]
-    rows.append(("total", totals["cases"], totals["rejected_cleanly"], totals["data_lost"]))
-    problems = [
-        f"  not clean in {r['input_path']}: {', '.join(r['not_clean'])}"
-        for r in data["paths"]
-        if r["not_clean"]
-    ]
-    return "\n".join(_table(COLUMNS, rows) + problems)
+    return _render(COLUMNS, data["paths"], data["totals"], CASE_KEYS, "not clean in")
 
 
 def render_faults(data: dict[str, Any]) -> str:
     """The faults table of `results()`."""
     faults = data["faults"]
-    rows = [(r["fault"], r["injected"], r["survived"], r["data_lost"]) for r in faults["rows"]]
-    totals = faults["totals"]
-    rows.append(("total", totals["injected"], totals["survived"], totals["data_lost"]))
-    problems = [
-        f"  not survived: {r['fault']}: {', '.join(r['not_survived'])}"
-        for r in faults["rows"]
-        if r["not_survived"]
-    ]
-    return "\n".join(_table(FAULT_COLUMNS, rows) + problems)
+    return _render(FAULT_COLUMNS, faults["rows"], faults["totals"], FAULT_KEYS, "not survived:")
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
