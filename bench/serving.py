@@ -88,6 +88,7 @@ def _load(url: str, rate: float, duration: float, features: list[str] | None = N
         **{key: totals[key] for key in keys},
         "achieved_rps": report["achieved_rps"],
         "send_lag_p99_ms": report["send_lag_p99_ms"],
+        "p99_ms_by_10s_window": [window["p99_ms"] for window in report["windows"]],
     }
 
 

@@ -106,7 +106,9 @@ def complete_columns(plan: ServicePlan, rows: list[dict[str, Any]], columns: Col
     for column in plan.request_columns:
         columns[column] = [row.get(column) for row in rows]
     if plan.on_demand:
-        inputs = pd.DataFrame(columns)  # the one DataFrame of the read: on-demand views need it
+        # The one DataFrame of the read (on-demand views need it); copy=False skips a copy of
+        # every column, a third of its cost at one row.
+        inputs = pd.DataFrame(columns, copy=False)
         for odfv, names in plan.on_demand:
             computed = _transform(odfv, inputs)
             for name in names:
@@ -177,7 +179,8 @@ class FeatureFetcher:
             )
         began, ok = time.perf_counter(), False
         try:
-            stored = await asyncio.wait_for(self._read(plan, rows), self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):  # no extra task, unlike wait_for
+                stored = await self._read(plan, rows)
             ok = True
         except TimeoutError as exc:
             raise FeatureUnavailable("feature_timeout", f"> {self.timeout_s} s") from exc
