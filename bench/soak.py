@@ -36,6 +36,7 @@ from mlre.settings import PROJECT_ROOT, Settings, apply_runtime_env
 from tests.support.servers import RedisServer, run_dir
 
 RESULTS_PATH = PROJECT_ROOT / "bench" / "results" / "soak.json"
+RESULTS_ENV = "MLRE_SOAK_JSON"  # where the soak test also writes its result (make reliability)
 STATE_ROOT = PROJECT_ROOT / ".mlre" / "bench" / "soak"
 ID_PREFIX = "soak"
 FALLBACK = "fallback"  # serving.routing.FALLBACK (not imported: serving pulls in Feast)
@@ -394,6 +395,26 @@ def run_soak(root: Path, config: SoakConfig) -> dict[str, Any]:
     }
 
 
+def describe(config: SoakConfig, result: dict) -> dict:
+    """The run's result with what ran, on which machine and when (the results JSON)."""
+    return {
+        "what": (
+            f"POST /predict (1 instance) at {config.rate:g} req/s for {config.duration_s:g} s, "
+            "open loop, load generator and `python -m serving` in their own processes, Redis "
+            "online store; champion alias moved at 1/3, Redis SIGKILLed at 2/3 and restarted "
+            f"{config.outage_s:g} s later (append-only file, same port and data dir)."
+        ),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        **result,
+    }
+
+
+def save(result: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+
+
 def cli(argv: list[str] | None = None) -> int:
     """Run the soak under .mlre/bench/soak, write bench/results/soak.json, print the table."""
     defaults = SoakConfig.from_env()
@@ -408,20 +429,8 @@ def cli(argv: list[str] | None = None) -> int:
     shutil.rmtree(STATE_ROOT, ignore_errors=True)
     STATE_ROOT.mkdir(parents=True)
     apply_runtime_env(Settings(home=STATE_ROOT / "home"))
-    result = run_soak(STATE_ROOT, config)
-    result = {
-        "what": (
-            f"POST /predict (1 instance) at {config.rate:g} req/s for {config.duration_s:g} s, "
-            "open loop, load generator and `python -m serving` in their own processes, Redis "
-            "online store; champion alias moved at 1/3, Redis SIGKILLed at 2/3 and restarted "
-            f"{config.outage_s:g} s later (append-only file, same port and data dir)."
-        ),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        **result,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    result = describe(config, run_soak(STATE_ROOT, config))
+    save(result, args.out)
     print(render(result))
     print(f"results: {args.out}")
     return 0 if all(result["met"].values()) else 1

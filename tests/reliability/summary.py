@@ -239,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     target = Path(args[0]).resolve() if args else DEFAULT_JSON
     target.unlink(missing_ok=True)  # a stale table must not pass for this run's
-    env = {**os.environ, ENV_JSON: str(target)}
+    soak_json = PROJECT_ROOT / "bench" / "results" / "soak.json"
+    env = {**os.environ, ENV_JSON: str(target), "MLRE_SOAK_JSON": str(soak_json)}
     command = [sys.executable, "-m", "pytest", "tests", OPTION, "-q", "-p", "no:cacheprovider"]
     code = subprocess.call(command, cwd=PROJECT_ROOT, env=env)
     if not target.is_file():

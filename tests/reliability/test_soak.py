@@ -8,6 +8,7 @@ Runs MLRE_SOAK_SECONDS (default 600) of load, so it is left out of `make test` (
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
@@ -33,7 +34,11 @@ def platform_exported() -> None:
 def result(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One soak run (MLRE_SOAK_SECONDS, MLRE_SOAK_RATE) shared by the checks below."""
     root: Path = tmp_path_factory.mktemp("soak")
-    return soak.run_soak(root, soak.SoakConfig.from_env())
+    config = soak.SoakConfig.from_env()
+    result = soak.run_soak(root, config)
+    if target := os.environ.get(soak.RESULTS_ENV):  # `make reliability` keeps this run's JSON
+        soak.save(soak.describe(config, result), Path(target))
+    return result
 
 
 def test_every_request_is_answered_200(result: dict) -> None:
