@@ -138,11 +138,16 @@ def _serving_process(settings: Settings, port: int) -> Iterator[subprocess.Popen
         _wait_http(f"http://127.0.0.1:{port}/readyz", timeout_s=120)
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _terminate(proc, grace_s=30)
+
+
+def _terminate(proc: subprocess.Popen[bytes], grace_s: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited after `grace_s`."""
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def _cpu_s(pid: int) -> float:
@@ -212,11 +217,7 @@ def _process(command: list[str], env: dict[str, str], health_url: str) -> Iterat
         _wait_http(health_url, timeout_s=90)
         yield proc.pid
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _terminate(proc, grace_s=15)
 
 
 def _measured(
