@@ -45,7 +45,7 @@ status:
 	$(BIN)/mlre status
 
 test: install lint browser  ## the full test suite (unit, integration, infra, e2e, bad-input corpus)
-	$(BIN)/pytest $(PYTEST_TIERS) -m "not soak"
+	$(BIN)/pytest $(PYTEST_TIERS) -m "not long"
 
 test-fast: install
 	$(BIN)/pytest tests -m "unit or infra"

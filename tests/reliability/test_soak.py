@@ -2,7 +2,7 @@
 Redis is SIGKILLed and restarted (bench/soak.py). Every request must get a 200, every 200 a
 prediction-log row once the service has stopped on SIGTERM, and memory must stay bounded.
 
-Runs MLRE_SOAK_SECONDS (default 600) of load, so it is left out of `make test` (marker `soak`);
+Runs MLRE_SOAK_SECONDS (default 600) of load, so it is left out of `make test` (marker `long`);
 `make soak` runs the same thing and writes bench/results/soak.json.
 """
 
@@ -19,6 +19,7 @@ from bench import soak
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.slow,
+    pytest.mark.long,  # minutes: `make reliability`, not `make test`
     pytest.mark.soak,
     pytest.mark.fault("alias swap + Redis restart under load (soak)"),
     pytest.mark.timeout(3600),  # a 600 s soak takes ~11 minutes with its set-up

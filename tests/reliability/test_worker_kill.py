@@ -26,6 +26,7 @@ from tests.support.private_platform import PrivatePlatform, private_platform_hom
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.slow,
+    pytest.mark.long,  # minutes: `make reliability`, not `make test`
     pytest.mark.fault("Prefect worker SIGKILLed mid-flow"),
     pytest.mark.timeout(900),
 ]
