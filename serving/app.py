@@ -347,7 +347,6 @@ class PredictionService:
             rows += logged
             start = end
         self.log.append(rows)
-        self.metrics.log_pending.set(self.log.pending)
         return responses
 
     def _respond(

@@ -39,9 +39,9 @@ class ServingConfig(BaseSettings):
     log_flush_rows: int = Field(1000, ge=1, description="Flush the prediction log at this size.")
     log_flush_interval_s: float = Field(5.0, gt=0, description="... or at least this often.")
     ready_probe_ttl_s: float = Field(2.0, ge=0, description="Cache of the /readyz store probe.")
-    # A request crosses three threads (event loop -> micro-batcher -> feature read). While one
-    # computes, each hand-off waits up to CPython's GIL switch interval (default 5 ms), which
-    # lands directly in p99 latency; 1 ms keeps hand-offs short for a small switching cost.
+    # Requests are served on the event loop, but the model poller (loading a new version), the
+    # log writer and SQLite reads run on threads; while one of them computes, the loop waits up
+    # to CPython's GIL switch interval (default 5 ms) for its turn, which lands in p99 latency.
     gil_switch_interval_s: float = Field(
         0.001, gt=0, le=0.1, description="sys.setswitchinterval for `python -m serving`."
     )
