@@ -28,6 +28,7 @@ COPY pyproject.toml README.md ./
 COPY mlre/ mlre/
 COPY flows/ flows/
 COPY serving/ serving/
+COPY cli/ cli/
 # The lock decides every version: `.` brings only the runtime dependencies (no infra, no dev extras).
 # Wheels only: the slim base has no compiler, and an sdist build would be an unlocked toolchain.
 RUN pip install --no-cache-dir --no-build-isolation --only-binary=:all: -c constraints.txt .
@@ -40,7 +41,7 @@ RUN python deploy/image_check.py
 FROM python:3.11.14-slim-bookworm AS runtime
 
 # A fixed, numeric non-root uid/gid: Kubernetes can only verify runAsNonRoot for a numeric USER,
-# and the work pools' securityContext (mlre/work_pools.py) runs pods as this same uid.
+# and the work pools' securityContext (flows/work_pools.py) runs pods as this same uid.
 RUN groupadd --system --gid 10001 mlre \
     && useradd --system --no-log-init --uid 10001 --gid mlre --create-home --home-dir /home/mlre \
         --shell /usr/sbin/nologin mlre
@@ -61,6 +62,7 @@ COPY feature_repo/ feature_repo/
 COPY mlre/ mlre/
 COPY flows/ flows/
 COPY serving/ serving/
+COPY cli/ cli/
 COPY deploy/image_check.py deploy/
 
 USER 10001:10001

@@ -12,8 +12,12 @@ export XDG_CACHE_HOME := $(CURDIR)/$(STATE)/cache
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 PYTEST_TIERS ?= tests
+# The long tests in CI: the worker kill as it is, the soak shortened (same assertions).
+CI_SOAK_SECONDS ?= 120
+# `make test-repeat`: how many times, in random order, the integration and reliability tiers run.
+REPEAT ?= 3
 
-.PHONY: install browser demo up down status test test-fast lint bench reliability soak clean
+.PHONY: install browser demo up down status test test-long test-repeat test-fast lint bench reliability soak clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	@mkdir -p $(TMPDIR) $(MPLCONFIGDIR) $(PREFECT_HOME) $(XDG_CACHE_HOME)
@@ -44,8 +48,21 @@ down:
 status:
 	$(BIN)/mlre status
 
+# Test order is fixed here (pytest-randomly off); `make test-repeat` shuffles it on purpose.
 test: install lint browser  ## the full test suite (unit, integration, infra, e2e, bad-input corpus)
-	$(BIN)/pytest $(PYTEST_TIERS) -m "not long"
+	$(BIN)/pytest -p no:randomly $(PYTEST_TIERS) -m "not long"
+
+test-long: install  ## the minutes-long fault tests: worker SIGKILL and a $(CI_SOAK_SECONDS) s soak
+	MLRE_SOAK_SECONDS=$(CI_SOAK_SECONDS) $(BIN)/pytest -p no:randomly tests -m long
+
+# A flake is found before it lands: REPEAT rounds, each in a new random order (the seed is
+# printed at the top of each round; `pytest --randomly-seed=N ...` replays that order).
+test-repeat: install browser  ## integration + reliability tiers REPEAT times in random order
+	@for round in $$(seq 1 $(REPEAT)); do \
+	  echo "=== test-repeat round $$round of $(REPEAT)"; \
+	  $(BIN)/pytest tests/integration tests/reliability -m "not long" -q \
+	    || { echo "test-repeat: round $$round failed (seed above)"; exit 1; }; \
+	done
 
 test-fast: install
 	$(BIN)/pytest tests -m "unit or infra"
@@ -53,6 +70,7 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache  # layering contracts in pyproject.toml [tool.importlinter]
 
 bench: install  ## speed and memory benchmarks, JSON under bench/results/
 	$(BIN)/python -m bench

@@ -265,7 +265,7 @@ def free_port() -> int:
 
 def main() -> None:
     """Prepare both homes, run the plain script, then the platform, and write the JSON."""
-    from mlre import platform
+    from mlre import local_platform
 
     base = {**os.environ, **Settings().runtime_env()}
     plain_home, flow_home = ROOT / "plain", ROOT / "prefect"
@@ -277,7 +277,7 @@ def main() -> None:
     log("plain script (no Prefect, MLflow on SQLite) ...")
     plain_result = run_side("plain", plain_home, {**base, "MLRE_HOME": str(plain_home)})
     log(f"plain: {plain_result['total_s']} s")
-    platform.up(settings, echo=log)
+    local_platform.up(settings, echo=log)
     try:
         env = {
             **base,
@@ -288,7 +288,7 @@ def main() -> None:
         log("ml-pipeline through the real Prefect and MLflow servers ...")
         flow_result = run_side("prefect", flow_home, env)
     finally:
-        platform.down(settings, echo=log)
+        local_platform.down(settings, echo=log)
     ratio = round(flow_result["total_s"] / plain_result["total_s"], 3)
     log(f"orchestrated: {flow_result['total_s']} s, ratio {ratio}")
     result = {

@@ -16,6 +16,7 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
 from flows._common import mlflow_client, runtime_settings, transient_only
+from flows.locks import prefect_lock
 from mlre import canary, registry
 from mlre.inference import read_predictions
 
@@ -50,7 +51,7 @@ class RolloutResult:
 def _metrics_url(params: CanaryParams) -> str:
     if params.metrics_url:
         return params.metrics_url
-    from serving.config import ServingConfig
+    from mlre.serving_config import ServingConfig
 
     return f"http://{runtime_settings().host}:{ServingConfig().port}/metrics"
 
@@ -185,7 +186,7 @@ def roll_back(model_name: str, version: str, reason: str) -> registry.AuditRecor
         reason=reason,
         run_id=str(flow_run.get_id()),
         actor="prefect:canary-rollout",
-        lock=registry.prefect_lock,
+        lock=prefect_lock,
     )
 
 
@@ -202,7 +203,7 @@ def promote(model_name: str, version: str, reason: str) -> registry.AuditRecord:
         reason=reason,
         run_id=str(flow_run.get_id()),
         actor="prefect:canary-rollout",
-        lock=registry.prefect_lock,
+        lock=prefect_lock,
     )
     canary.set_share(client, model_name, 0.0)
     client.set_model_version_tag(model_name, version, canary.CANARY_RESULT_TAG, "promoted")

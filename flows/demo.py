@@ -70,7 +70,7 @@ def registry_summary(settings: Settings) -> list[str]:
 
 def run_demo(settings: Settings, echo: Callable[[str], None] = print) -> list[str]:
     """Trigger the pipeline deployment, follow it through the worker, summarise from MLflow."""
-    from mlre import deploy
+    from flows import deploy
 
     echo(
         f"triggering {PIPELINE_DEPLOYMENT}: materialize -> consistency -> train -> evaluate -> "

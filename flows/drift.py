@@ -18,8 +18,9 @@ from prefect.artifacts import (
 )
 from pydantic import BaseModel, Field
 
+from flows import automations
 from flows._common import mlflow_client, runtime_settings, store_for, transient_only
-from mlre import automations, drift, inference, registry, training
+from mlre import drift, inference, registry, training
 from mlre.data.lake import read_events
 from mlre.features.store import get_feature_service
 from mlre.mlflow_uri import global_tracking_uri

@@ -12,8 +12,9 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, Field
 
+from flows import automations
 from flows._common import mlflow_client, runtime_settings, transient_only
-from mlre import automations, inference, monitoring, registry
+from mlre import inference, monitoring, registry
 from mlre.data.lake import read_events
 
 

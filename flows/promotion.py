@@ -8,6 +8,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from flows._common import mlflow_client, runtime_settings, transient_only
+from flows.locks import prefect_lock
 from mlre import registry
 
 
@@ -52,7 +53,7 @@ def move_champion(
         reason=reason,
         run_id=str(flow_run.get_id()),
         actor="prefect:promote-model",
-        lock=registry.prefect_lock,
+        lock=prefect_lock,
         force=force,
     )
 
@@ -88,7 +89,7 @@ def restore_previous(model_name: str, reason: str) -> registry.AuditRecord:
         reason=reason,
         run_id=str(flow_run.get_id()),
         actor="prefect:rollback-model",
-        lock=registry.prefect_lock,
+        lock=prefect_lock,
     )
 
 

@@ -8,7 +8,8 @@ the same thing:
 - the audit trail as registered-model tags `audit.000001`, `audit.000002`, ... each holding one
   compact JSON record (kept under `AUDIT_VALUE_MAX` characters, far below MLflow's tag limit).
 
-Promotion and rollback hold a caller-supplied lock (`file_lock(settings)` or `prefect_lock`) while
+Promotion and rollback hold a caller-supplied lock (`file_lock(settings)` here, or the Prefect
+layer's `flows.locks.prefect_lock`) while
 they read, write and then verify the state, so two racing promotions cannot leave
 champion == previous-champion or lose an audit record. The audit record is written before the
 aliases, so no alias points where the trail does not say; when the MLflow server dies in between
@@ -25,9 +26,8 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -63,9 +63,6 @@ GATE_REASONS_MAX = 4000
 LOCK_TIMEOUT_S = 120.0
 READY = "READY"
 _TRUNCATED = "…[truncated]"
-
-# Threads of one process create a missing Prefect limit one at a time (no 409 noise on the server).
-_ENSURE_LOCK = threading.Lock()
 
 LockFactory = Callable[[str], AbstractContextManager[Any]]
 
@@ -165,7 +162,7 @@ def file_lock(settings: Settings, timeout_s: float = LOCK_TIMEOUT_S) -> LockFact
     def lock(model_name: str) -> Iterator[None]:
         folder = settings.home / "locks"
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"promotion-{_safe_name(model_name)}.lock"
+        path = folder / f"promotion-{safe_name(model_name)}.lock"
         # thread_local=False: the lock is taken and released by the same call, and a fresh
         # FileLock per call means threads contend through flock() exactly like processes do.
         try:
@@ -180,54 +177,9 @@ def file_lock(settings: Settings, timeout_s: float = LOCK_TIMEOUT_S) -> LockFact
     return lock
 
 
-def _safe_name(model_name: str) -> str:
+def safe_name(model_name: str) -> str:
     """A file-name-safe form of a model name."""
     return re.sub(r"[^A-Za-z0-9_.-]", "_", model_name)
-
-
-def ensure_concurrency_limit(name: str, limit: int = 1) -> None:
-    """Create the Prefect global concurrency limit `name` with `limit` slots if it is missing.
-
-    Prefect skips acquisition (no lock at all) when a limit does not exist, so it must exist first.
-    """
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-
-    with _ENSURE_LOCK, get_client(sync_client=True) as client:
-        try:
-            existing = client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            # Another process may create it first; the loser sees ObjectAlreadyExists: fine.
-            with suppress(ObjectAlreadyExists):
-                client.create_global_concurrency_limit(
-                    GlobalConcurrencyLimitCreate(name=name, limit=limit)
-                )
-            return
-    if existing.limit != limit or not existing.active:
-        raise RegistryError(
-            f"Prefect concurrency limit {name!r} has limit={existing.limit}, "
-            f"active={existing.active}; a promotion lock needs limit={limit} and active=true "
-            f"(prefect gcl update {name} --limit {limit} && prefect gcl enable {name})."
-        )
-
-
-@contextmanager
-def prefect_lock(model_name: str, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
-    """A lock for Prefect flows: the global concurrency limit `mlre-promotion-<model>` (1 slot)."""
-    from prefect.concurrency.sync import concurrency
-
-    name = f"mlre-promotion-{_safe_name(model_name)}"
-    ensure_concurrency_limit(name, 1)
-    try:
-        # strict=True: a limit deleted between the check and here must fail, not run unlocked.
-        with concurrency(name, occupy=1, timeout_seconds=timeout_s, strict=True):
-            yield
-    except TimeoutError as exc:
-        raise RegistryError(
-            f"Could not take Prefect concurrency slot {name!r} for model {model_name!r} within "
-            f"{timeout_s:.0f} s; another promotion holds it (see the Prefect UI, Concurrency)."
-        ) from exc
 
 
 # --------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ class Settings(BaseSettings):
         30,
         ge=MIN_FLOW_HEARTBEAT_S,
         description="Seconds between flow-run heartbeats; the zombie automation crashes a run "
-        "that misses three (mlre.automations).",
+        "that misses three (flows.automations).",
     )
 
     # Production profile endpoints (read by feature_store.production.yaml through env vars).

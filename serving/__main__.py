@@ -16,9 +16,9 @@ def main() -> None:
     import prometheus_client  # noqa: F401
     import uvicorn
 
+    from mlre.serving_config import ServingConfig
     from mlre.settings import apply_runtime_env, get_settings
     from serving.app import create_app
-    from serving.config import ServingConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = get_settings()

@@ -31,16 +31,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mlre import canary
 from mlre.data.generator import ENTITY_COLUMN, TIMESTAMP_COLUMN
+from mlre.serving_config import ServingConfig
 from mlre.settings import Settings
 from serving import routing
 from serving.batcher import MicroBatcher
 from serving.breaker import CircuitBreaker
 from serving.breaker import State as BreakerState
-from serving.config import ServingConfig
 from serving.fallback import RULE_VERSION, rule_score
 from serving.features import Columns, FeatureFetcher, FeatureUnavailable, ServicePlan
-from serving.log import PredictionLog
 from serving.models import LoadedModel, ModelHolder, ModelSet, RegistryState, read_state
+from serving.prediction_logger import PredictionLog
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from serving.config import RuleConfig
+from mlre.serving_config import RuleConfig
 
 RULE_VERSION = "rule"
 AVG_FEATURE = "avg_amount_30d"

@@ -11,7 +11,7 @@ import urllib.request
 import psutil
 import pytest
 
-from mlre import platform
+from mlre import local_platform
 from mlre.errors import PlatformError
 from tests.e2e.conftest import PrivatePlatform
 from tests.support.servers import free_port
@@ -94,7 +94,7 @@ def test_foreign_process_on_port_is_a_clear_error(
 
 def test_stop_process_kills_the_whole_group(private_platform: PrivatePlatform) -> None:
     settings = private_platform.settings
-    record = platform.start_process(
+    record = local_platform.start_process(
         settings, "worker-test", ["sh", "-c", "sleep 300 & sleep 300 & wait"]
     )
     leader = psutil.Process(record.pid)
@@ -103,12 +103,12 @@ def test_stop_process_kills_the_whole_group(private_platform: PrivatePlatform) -
         time.sleep(0.02)
     family = [leader, *leader.children(recursive=True)]
     assert len(family) == 3
-    assert platform.is_running(settings, "worker-test")
+    assert local_platform.is_running(settings, "worker-test")
 
-    assert platform.stop_process(settings, "worker-test")
+    assert local_platform.stop_process(settings, "worker-test")
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in family)
-    assert not platform.pid_path(settings, "worker-test").exists()
-    assert not platform.stop_process(settings, "worker-test")
+    assert not local_platform.pid_path(settings, "worker-test").exists()
+    assert not local_platform.stop_process(settings, "worker-test")
 
 
 def test_sigterm_ignored_escalates_to_sigkill(private_platform: PrivatePlatform) -> None:
@@ -118,22 +118,22 @@ def test_sigterm_ignored_escalates_to_sigkill(private_platform: PrivatePlatform)
         "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
         "print('ar' + 'med', flush=True); time.sleep(300)"
     )
-    platform.start_process(settings, "worker-stubborn", [sys.executable, "-c", code])
-    log = platform.log_path(settings, "worker-stubborn")
+    local_platform.start_process(settings, "worker-stubborn", [sys.executable, "-c", code])
+    log = local_platform.log_path(settings, "worker-stubborn")
     deadline = time.monotonic() + 10
     while "armed" not in log.read_text() and time.monotonic() < deadline:
         time.sleep(0.02)
 
     started = time.monotonic()
-    assert platform.stop_process(settings, "worker-stubborn", timeout_s=0.5)
+    assert local_platform.stop_process(settings, "worker-stubborn", timeout_s=0.5)
     elapsed = time.monotonic() - started
     assert 0.5 <= elapsed < 5, "SIGTERM is ignored, so only SIGKILL after the grace period works"
-    assert not platform.is_running(settings, "worker-stubborn")
+    assert not local_platform.is_running(settings, "worker-stubborn")
 
 
 def test_server_dying_at_start_up_shows_its_log(private_platform: PrivatePlatform) -> None:
     settings = private_platform.settings
-    spec = platform.ServiceSpec(
+    spec = local_platform.ServiceSpec(
         name="doomed",
         argv=("sh", "-c", "echo 'fatal: doomed-marker'; exit 3"),
         host="127.0.0.1",
@@ -141,9 +141,9 @@ def test_server_dying_at_start_up_shows_its_log(private_platform: PrivatePlatfor
         health_path="/health",
         port_env="MLRE_DOOMED_PORT",
     )
-    record = platform.start_process(settings, spec.name, spec.argv, port=spec.port)
+    record = local_platform.start_process(settings, spec.name, spec.argv, port=spec.port)
     started = time.monotonic()
     with pytest.raises(PlatformError, match="doomed exited during start-up") as caught:
-        platform.wait_healthy(spec, settings, record)
+        local_platform.wait_healthy(spec, settings, record)
     assert time.monotonic() - started < 5
     assert "fatal: doomed-marker" in str(caught.value)

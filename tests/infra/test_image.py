@@ -298,7 +298,14 @@ def test_final_stage_copies_only_code_and_the_venv(stages: list[Stage]) -> None:
         args.split()[0] for args in stages[-1].args_of("COPY") if not args.startswith("--from=")
     }
     # serving/ too: the same image runs the prediction service (`python -m serving`).
-    assert sources == {"flows/", "mlre/", "serving/", "feature_repo/", "deploy/image_check.py"}
+    assert sources == {
+        "flows/",
+        "mlre/",
+        "serving/",
+        "cli/",
+        "feature_repo/",
+        "deploy/image_check.py",
+    }
 
 
 def test_final_stage_environment_and_command(stages: list[Stage]) -> None:

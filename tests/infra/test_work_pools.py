@@ -12,8 +12,9 @@ from prefect.utilities.schema_tools import ValidationError, is_valid_schema, val
 from prefect.utilities.templating import apply_values
 from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
 
+from flows import work_pools
 from infra.node_pools import EKS_TAINT_EFFECT
-from mlre import k8s_labels, work_pools
+from mlre import k8s_labels
 from mlre.errors import ConfigError
 from mlre.settings import HEARTBEAT_ENV, Settings
 from tests.infra.infra_harness import Run
@@ -60,7 +61,7 @@ def test_committed_template_is_the_generated_one(pool: str) -> None:
     committed = (COMMITTED / f"{pool}.json").read_text()
     assert committed == work_pools.template_json(pool), (
         f"deploy/work-pools/{pool}.json is stale: run "
-        "`.venv/bin/python -m mlre.work_pools deploy/work-pools`"
+        "`.venv/bin/python -m flows.work_pools deploy/work-pools`"
     )
 
 
@@ -243,5 +244,5 @@ def test_flow_job_uid_is_the_images_user() -> None:
 @pytest.mark.parametrize("job", ["gpu_job", "cpu_job"])
 def test_flow_pods_heartbeat_for_zombie_detection(job: str, request: pytest.FixtureRequest) -> None:
     env = {e["name"]: e["value"] for e in _container(request.getfixturevalue(job))["env"]}
-    # The zombie automation counts missed heartbeats of this period (mlre.automations).
+    # The zombie automation counts missed heartbeats of this period (flows.automations).
     assert env[HEARTBEAT_ENV] == str(Settings.model_fields["flow_heartbeat_s"].default)

@@ -19,11 +19,12 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from flows import automations
 from flows.drift import CheckDriftParams, check_drift, run_checks
 from flows.inference import BatchInferenceParams, batch_inference
 from flows.monitoring import MonitorParams, monitor_performance
 from flows.training import TrainParams, train_model
-from mlre import automations, inference, registry
+from mlre import inference, registry
 from mlre.data.generator import Scenario, generate_sources, write_source
 from mlre.drift import DriftError
 from mlre.monitoring import MonitoringConfig

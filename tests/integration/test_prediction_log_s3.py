@@ -20,11 +20,11 @@ from mlre.inference import (
     read_predictions,
     write_predictions,
 )
+from mlre.serving_config import ServingConfig
 from mlre.settings import get_settings
 from serving.app import create_app
-from serving.config import ServingConfig
-from serving.log import PredictionLog
 from serving.models import RegistryState
+from serving.prediction_logger import PredictionLog
 from tests.integration.conftest import FeatureEnv
 from tests.support.s3 import S3Server, aws_test_env, running_s3
 

@@ -19,6 +19,7 @@ import pytest
 from mlflow import MlflowClient
 from sklearn.linear_model import LogisticRegression
 
+from flows.locks import prefect_lock
 from mlre.mlflow_uri import global_tracking_uri
 from mlre.registry import (
     CHALLENGER,
@@ -34,7 +35,6 @@ from mlre.registry import (
     file_lock,
     history,
     mark_challenger,
-    prefect_lock,
     promote,
     record_refusal,
     rollback,

@@ -25,9 +25,9 @@ from mlflow import MlflowClient
 from mlre.canary import CANARY_SHARE_TAG, in_canary
 from mlre.inference import read_predictions
 from mlre.mlflow_uri import global_tracking_uri
+from mlre.serving_config import ServingConfig
 from mlre.settings import PROJECT_ROOT, Settings
 from serving.app import create_app
-from serving.config import ServingConfig
 from serving.features import plan_service, read_features
 from serving.models import mlflow_loader
 from tests.integration.conftest import FeatureEnv, build_feature_env, recent_config

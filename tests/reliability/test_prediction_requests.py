@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import pytest
 from fastapi.testclient import TestClient
 
+from mlre.serving_config import ServingConfig
 from mlre.settings import get_settings
 from serving.app import create_app
-from serving.config import ServingConfig
 from tests.reliability.harness import Platform, assert_message, assert_unchanged, capture
 
 pytestmark = pytest.mark.integration

@@ -1,5 +1,5 @@
 """Fault: the Prefect worker and the flow run it started are SIGKILLed mid-flow, as when their node
-is lost. Nothing is left to report a final state, so only the zombie automation (mlre.automations,
+is lost. Nothing is left to report a final state, so only the zombie automation (flows.automations,
 created by `mlre deploy`) can end the run: it must turn Crashed once its heartbeats stop, release
 the deployment's concurrency slot, and a re-run through a new worker must complete.
 
@@ -19,7 +19,7 @@ from uuid import UUID
 import psutil
 import pytest
 
-from mlre import automations, deploy
+from flows import automations, deploy
 from mlre.settings import HEARTBEAT_ENV
 from tests.support.private_platform import PrivatePlatform, private_platform_home
 

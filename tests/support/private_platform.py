@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlre import platform
+from mlre import local_platform
 from mlre.settings import PROJECT_ROOT, Settings
 from tests.support.servers import free_port
 
@@ -70,5 +70,5 @@ def private_platform_home(prefix: str = "e2e") -> Iterator[PrivatePlatform]:
     try:
         yield plat
     finally:
-        platform.down(plat.settings)
+        local_platform.down(plat.settings)
         shutil.rmtree(home, ignore_errors=True)

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from mlre import automations
-from mlre.automations import AutomationError, zombie_automation
+from flows import automations
+from flows.automations import AutomationError, zombie_automation
 from mlre.settings import HEARTBEAT_ENV, Settings
 
 pytestmark = pytest.mark.unit

@@ -9,8 +9,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mlre import platform
-from mlre.platform import PidRecord
+from mlre import local_platform
+from mlre.local_platform import PidRecord
 from mlre.settings import Settings
 
 pytestmark = pytest.mark.unit
@@ -41,19 +41,19 @@ def test_unreadable_pid_file_parses_as_none(text: str) -> None:
 
 
 def test_missing_pid_file_reads_as_none(tmp_path: Path) -> None:
-    assert platform.read_pid_record(tmp_path / "nope.pid") is None
+    assert local_platform.read_pid_record(tmp_path / "nope.pid") is None
 
 
 def test_write_then_read_pid_file(tmp_path: Path) -> None:
     path = tmp_path / "run" / "worker-a.pid"
     record = _own_record()
-    platform.write_pid_record(path, record)
-    assert platform.read_pid_record(path) == record
+    local_platform.write_pid_record(path, record)
+    assert local_platform.read_pid_record(path) == record
     assert [p.name for p in path.parent.iterdir()] == ["worker-a.pid"]  # no temp file left
 
 
 def test_live_process_recognises_our_process() -> None:
-    proc = platform.live_process(_own_record())
+    proc = local_platform.live_process(_own_record())
     assert proc is not None
     assert proc.pid == os.getpid()
 
@@ -61,31 +61,31 @@ def test_live_process_recognises_our_process() -> None:
 def test_recycled_pid_is_not_ours() -> None:
     # Same PID, different create time: the OS gave our old PID to someone else.
     record = _own_record(create_time=psutil.Process(os.getpid()).create_time() - 1000)
-    assert platform.live_process(record) is None
+    assert local_platform.live_process(record) is None
 
 
 def test_exited_pid_is_stale() -> None:
     proc = psutil.Popen(["true"])
     create_time = proc.create_time()
     proc.wait()
-    assert platform.live_process(_own_record(pid=proc.pid, create_time=create_time)) is None
-    assert platform.live_process(None) is None
+    assert local_platform.live_process(_own_record(pid=proc.pid, create_time=create_time)) is None
+    assert local_platform.live_process(None) is None
 
 
 def test_is_running_reads_the_pid_file(settings: Settings) -> None:
-    assert not platform.is_running(settings, "worker-a")
-    platform.write_pid_record(platform.pid_path(settings, "worker-a"), _own_record())
-    assert platform.is_running(settings, "worker-a")
+    assert not local_platform.is_running(settings, "worker-a")
+    local_platform.write_pid_record(local_platform.pid_path(settings, "worker-a"), _own_record())
+    assert local_platform.is_running(settings, "worker-a")
 
 
 def test_specs_come_from_settings(settings: Settings) -> None:
-    prefect, mlflow = platform.service_specs(settings)
+    prefect, mlflow = local_platform.service_specs(settings)
     assert prefect.name == "prefect"
     assert prefect.health_url == "http://127.0.0.1:14321/api/health"
     assert prefect.argv[1:] == ("server", "start", "--host", "127.0.0.1", "--port", "14321")
-    assert Path(prefect.argv[0]) == platform.venv_bin() / "prefect"
+    assert Path(prefect.argv[0]) == local_platform.venv_bin() / "prefect"
     assert mlflow.health_url == "http://127.0.0.1:15432/health"
-    assert Path(mlflow.argv[0]) == platform.venv_bin() / "mlflow"
+    assert Path(mlflow.argv[0]) == local_platform.venv_bin() / "mlflow"
     args = dict(zip(mlflow.argv[2::2], mlflow.argv[3::2], strict=False))
     assert args["--workers"] == "1"
     db = Path(args["--backend-store-uri"].removeprefix("sqlite:///"))
@@ -97,8 +97,8 @@ def test_specs_come_from_settings(settings: Settings) -> None:
 
 
 def test_child_env_keeps_state_in_home_and_venv_first(settings: Settings) -> None:
-    env = platform.child_env(settings, {"EXTRA": "1"})
-    assert env["PATH"].split(os.pathsep)[0] == str(platform.venv_bin())
+    env = local_platform.child_env(settings, {"EXTRA": "1"})
+    assert env["PATH"].split(os.pathsep)[0] == str(local_platform.venv_bin())
     for key in ("PREFECT_HOME", "TMPDIR", "MPLCONFIGDIR", "XDG_CONFIG_HOME"):
         assert Path(env[key]).is_relative_to(settings.home), key
     assert env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
@@ -112,14 +112,14 @@ def test_port_in_use_sees_a_listening_socket() -> None:
         server.bind(("127.0.0.1", 0))
         server.listen()
         port = server.getsockname()[1]
-        assert platform.port_in_use("127.0.0.1", port)
-    assert not platform.port_in_use("127.0.0.1", port)
+        assert local_platform.port_in_use("127.0.0.1", port)
+    assert not local_platform.port_in_use("127.0.0.1", port)
 
 
 def test_stop_phases_put_workers_first_and_servers_last(settings: Settings) -> None:
     for name in ("prefect", "mlflow", "worker-gpu", "serve-model", "worker-cpu"):
-        platform.write_pid_record(platform.pid_path(settings, name), _own_record(name))
-    assert platform._stop_phases(settings) == [
+        local_platform.write_pid_record(local_platform.pid_path(settings, name), _own_record(name))
+    assert local_platform._stop_phases(settings) == [
         ["worker-cpu", "worker-gpu"],
         ["serve-model"],
         ["mlflow", "prefect"],
@@ -127,26 +127,26 @@ def test_stop_phases_put_workers_first_and_servers_last(settings: Settings) -> N
 
 
 def test_status_of_nothing_is_stopped_and_unhealthy(settings: Settings) -> None:
-    rows = platform.status(settings)
+    rows = local_platform.status(settings)
     assert [(r.name, r.health, r.pid) for r in rows] == [
         ("prefect", "stopped", None),
         ("mlflow", "stopped", None),
     ]
     assert rows[0].url == "http://127.0.0.1:14321"
-    assert not platform.services_healthy(rows, settings)
+    assert not local_platform.services_healthy(rows, settings)
 
 
 def test_down_removes_stale_pid_files_and_reports_nothing(settings: Settings) -> None:
     stale = _own_record("prefect", create_time=1.0)
-    platform.write_pid_record(platform.pid_path(settings, "prefect"), stale)
-    assert platform.down(settings) == []
-    assert not platform.pid_path(settings, "prefect").exists()
+    local_platform.write_pid_record(local_platform.pid_path(settings, "prefect"), stale)
+    assert local_platform.down(settings) == []
+    assert not local_platform.pid_path(settings, "prefect").exists()
 
 
 @pytest.mark.unit
 @pytest.mark.parametrize("name", ["nope", "a/b/c", "/weekly", "ml-pipeline/"])
 def test_malformed_deployment_names_are_refused_before_any_server_call(name: str) -> None:
-    from mlre import deploy
+    from flows import deploy
     from mlre.errors import PlatformError
 
     with pytest.raises(PlatformError, match="FLOW/DEPLOYMENT"):

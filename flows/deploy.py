@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mlre import k8s_labels, platform
+from mlre import k8s_labels, local_platform
 from mlre.errors import PlatformError
 from mlre.settings import PROJECT_ROOT, Settings
 
@@ -23,7 +23,7 @@ TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 def deploy_env(settings: Settings) -> dict[str, str]:
     """What prefect.yaml's `{{ $VAR }}` placeholders read on one machine."""
     return {
-        **platform.child_env(settings),
+        **local_platform.child_env(settings),
         "MLRE_PROJECT_DIR": str(PROJECT_ROOT),
         "MLRE_CPU_POOL": k8s_labels.LOCAL_WORK_POOL,
         "MLRE_GPU_POOL": k8s_labels.LOCAL_WORK_POOL,
@@ -59,7 +59,7 @@ def deployment_names() -> list[str]:
 
 def deploy_all(settings: Settings) -> str:
     """`prefect --no-prompt deploy --all` from the project root; its output, or a PlatformError."""
-    prefect = str(platform.venv_bin() / "prefect")
+    prefect = str(local_platform.venv_bin() / "prefect")
     result = subprocess.run(
         [prefect, "--no-prompt", "deploy", "--all"],
         cwd=PROJECT_ROOT,
@@ -80,18 +80,18 @@ def deploy_all(settings: Settings) -> str:
 
 def ensure_platform_automations(settings: Settings) -> list[Any]:
     """The retrain automation (drift or degradation event -> ml-pipeline run) and the one that
-    crashes zombie flow runs (no heartbeat); names and windows in mlre.automations."""
-    from mlre.automations import ensure_automations
+    crashes zombie flow runs (no heartbeat); names and windows in flows.automations."""
+    from flows.automations import ensure_automations
 
     return ensure_automations(model_name=settings.model_name, heartbeat_s=settings.flow_heartbeat_s)
 
 
 def ensure_worker(settings: Settings, pool: str = k8s_labels.LOCAL_WORK_POOL) -> bool:
     """Start `prefect worker start --pool <pool>` unless ours is running; True when started."""
-    if platform.is_running(settings, WORKER):
+    if local_platform.is_running(settings, WORKER):
         return False
-    prefect = str(platform.venv_bin() / "prefect")
-    platform.start_process(
+    prefect = str(local_platform.venv_bin() / "prefect")
+    local_platform.start_process(
         settings,
         WORKER,
         [prefect, "worker", "start", "--pool", pool, "--type", "process"],

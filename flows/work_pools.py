@@ -8,7 +8,7 @@ labels, taints, pool names and the service account from `mlre.k8s_labels`, the s
 Pulumi program labels and taints the node pools with.
 
 Regenerate the committed templates after changing this file or upgrading prefect-kubernetes:
-`python -m mlre.work_pools deploy/work-pools`.
+`python -m flows.work_pools deploy/work-pools`.
 """
 
 from __future__ import annotations
@@ -222,9 +222,9 @@ def write_templates(folder: str | Path) -> list[Path]:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m mlre.work_pools FOLDER`: regenerate the committed templates."""
+    """`python -m flows.work_pools FOLDER`: regenerate the committed templates."""
     if len(argv) != 1:
-        print("usage: python -m mlre.work_pools FOLDER", file=sys.stderr)
+        print("usage: python -m flows.work_pools FOLDER", file=sys.stderr)
         return 2
     for path in write_templates(argv[0]):
         print(path)

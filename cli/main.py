@@ -1,4 +1,4 @@
-"""The `mlre` command line: a thin layer over the core (`mlre.platform` and friends).
+"""The `mlre` command line: a thin layer over the core (`mlre.local_platform` and friends).
 
 Add a subcommand by decorating a handler `(args, settings) -> exit code` with `@command(...)`,
 optionally passing `configure=` to add its arguments:
@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
-from mlre import platform
+from mlre import local_platform
 from mlre.errors import MlreError
-from mlre.platform import ServiceStatus
+from mlre.local_platform import ServiceStatus
 from mlre.settings import Settings, apply_runtime_env, get_settings
 
 Handler = Callable[[argparse.Namespace, Settings], int]
@@ -56,7 +56,7 @@ def _echo(message: str) -> None:
 
 @command("up", help="start the local Prefect and MLflow servers (reuses running ones)")
 def _up(args: argparse.Namespace, settings: Settings) -> int:
-    rows = platform.up(settings, echo=_echo)
+    rows = local_platform.up(settings, echo=_echo)
     _print_table(rows)
     print(f"\nexport PREFECT_API_URL={settings.prefect_api_url}")
     print(f"export MLFLOW_TRACKING_URI={settings.mlflow_tracking_uri}")
@@ -65,15 +65,15 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("down", help="stop workers, then the servers (idempotent)")
 def _down(args: argparse.Namespace, settings: Settings) -> int:
-    platform.down(settings, echo=_echo)
+    local_platform.down(settings, echo=_echo)
     return 0
 
 
 @command("status", help="show each service's URL, PID and health (exit 1 unless all healthy)")
 def _status(args: argparse.Namespace, settings: Settings) -> int:
-    rows = platform.status(settings)
+    rows = local_platform.status(settings)
     _print_table(rows)
-    return 0 if platform.services_healthy(rows, settings) else 1
+    return 0 if local_platform.services_healthy(rows, settings) else 1
 
 
 def _configure_generate(parser: argparse.ArgumentParser) -> None:
@@ -228,7 +228,7 @@ def _history(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("deploy", help="deploy every flow in prefect.yaml to the local pool and start a worker")
 def _deploy(args: argparse.Namespace, settings: Settings) -> int:
-    from mlre import deploy
+    from flows import deploy
 
     created = deploy.ensure_local_pool()
     _echo(f"work pool {deploy.k8s_labels.LOCAL_WORK_POOL!r}: {'created' if created else 'exists'}")
@@ -253,8 +253,8 @@ def _configure_run(parser: argparse.ArgumentParser) -> None:
 
 @command("run", help="trigger a deployment and follow it to the end", configure=_configure_run)
 def _run(args: argparse.Namespace, settings: Settings) -> int:
+    from flows import deploy
     from flows.demo import flow_run_url
-    from mlre import deploy
 
     flow_run = deploy.trigger(args.deployment)
     _echo(f"{args.deployment}: flow run {flow_run.name} -> {flow_run_url(settings, flow_run.id)}")
@@ -273,7 +273,7 @@ def _configure_demo(parser: argparse.ArgumentParser) -> None:
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from flows.demo import run_demo
 
-    platform.up(settings, echo=_echo)
+    local_platform.up(settings, echo=_echo)
     if args.regenerate or not (settings.lake_dir / "sources").exists():
         _generate(args, settings)
     _deploy(args, settings)

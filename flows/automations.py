@@ -119,7 +119,7 @@ def retrain_automation(
         name=name or automation_name(model_name),
         description=(
             f"Retrain {model_name} when {' or '.join(events)} arrives; at most one run per "
-            f"{cooldown} bucket (managed by mlre.automations.ensure_automations)."
+            f"{cooldown} bucket (managed by flows.automations.ensure_automations)."
         ),
         enabled=True,
         trigger=EventTrigger(
@@ -156,7 +156,7 @@ def zombie_automation(heartbeat_s: int) -> Any:
         description=(
             f"Mark a flow run Crashed when it sends no event for {window} after a heartbeat "
             f"({MISSED_HEARTBEATS} missed heartbeats of {heartbeat_s} s; managed by "
-            "mlre.automations.ensure_automations)."
+            "flows.automations.ensure_automations)."
         ),
         enabled=True,
         trigger=EventTrigger(
