@@ -23,7 +23,8 @@ from tests.support.servers import (
 # registered once, here, for the whole tree (`make reliability` runs it with --reliability).
 pytest_plugins = ["tests.reliability.summary"]
 
-TEST_HOME = PROJECT_ROOT / ".mlre" / "test-home"
+# MLRE_TEST_HOME lets two test runs share a checkout (each its own stores, lake and locks).
+TEST_HOME = Path(os.environ.get("MLRE_TEST_HOME") or PROJECT_ROOT / ".mlre" / "test-home")
 SERVERS_ROOT = PROJECT_ROOT / ".mlre" / "test-servers"
 _SAVED_ENV: dict[str, str] = {}
 
