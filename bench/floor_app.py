@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from serving.app import Prediction, PredictRequest, PredictResponse
+from serving.schemas import Prediction, PredictRequest, PredictResponse
 
 app = FastAPI(title="serving benchmark floor")
 

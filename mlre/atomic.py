@@ -50,7 +50,7 @@ def atomic_output(target: Path) -> Iterator[BinaryIO]:
 
 
 def write_atomic(target: Path, data: bytes | str | Callable[[BinaryIO], object]) -> Path:
-    """Publish `data` (bytes, text as UTF-8, or a writer called with the open stream) at `target`."""
+    """Publish `data` (bytes, UTF-8 text, or a writer called with the open stream) at `target`."""
     with atomic_output(target) as out:
         if callable(data):
             data(out)

@@ -27,6 +27,10 @@ class ConsistencyError(MlreError):
     """Online and offline feature values disagree beyond the allowed mismatch rate."""
 
 
+class InferenceError(MlreError):
+    """Scoring or writing/reading the prediction log failed in a way the user can fix."""
+
+
 class ServiceUnavailableError(MlreError):
     """A server the platform needs (MLflow, the Feast registry's database) did not answer.
 

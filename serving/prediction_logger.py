@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from mlre.inference import write_predictions
+from mlre.prediction_log import write_predictions
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class PredictionLog:
 
     A failed write puts the rows back, so they go out with the next flush; `close()` flushes
     what is left (the app's lifespan calls it on shutdown, SIGTERM included). `lake_dir` is a
-    local folder or an object-store URI (see mlre.inference.write_predictions).
+    local folder or an object-store URI (see mlre.prediction_log.write_predictions).
     """
 
     def __init__(

@@ -24,7 +24,7 @@ from flows.drift import CheckDriftParams, check_drift, run_checks
 from flows.inference import BatchInferenceParams, batch_inference
 from flows.monitoring import MonitorParams, monitor_performance
 from flows.training import TrainParams, train_model
-from mlre import inference, registry
+from mlre import inference, prediction_log, registry
 from mlre.data.generator import Scenario, generate_sources, write_source
 from mlre.drift import DriftError
 from mlre.monitoring import MonitoringConfig
@@ -89,9 +89,9 @@ def monitored(tmp_path_factory, mlflow_server, prefect_harness) -> tuple[Monitor
         client.set_registered_model_alias(model_name, registry.CHAMPION, trained.version)
         clean = (trained.test_start, trained.test_start + timedelta(days=TRAIN.test_days))
         batch_inference(BatchInferenceParams(start=clean[0], end=clean[1]))
-        log = inference.read_predictions(env.settings.lake_dir, model_name)
+        log = prediction_log.read_predictions(env.settings.lake_dir, model_name)
         model = inference.load_version(mlflow_server.tracking_uri, model_name, trained.version)
-        inference.write_predictions(
+        prediction_log.write_predictions(
             _drifted_copy(log, model), env.settings.lake_dir, model_name, run_id="drifted"
         )
         concept = generate_sources(

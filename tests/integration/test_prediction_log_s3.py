@@ -14,12 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from mlre.data.generator import GeneratorConfig
-from mlre.inference import (
-    InferenceError,
-    prediction_table,
-    read_predictions,
-    write_predictions,
-)
+from mlre.errors import InferenceError
+from mlre.prediction_log import prediction_table, read_predictions, write_predictions
 from mlre.serving_config import ServingConfig
 from mlre.settings import get_settings
 from serving.app import create_app

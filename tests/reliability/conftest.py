@@ -24,7 +24,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 
-from mlre import inference, registry
+from mlre import inference, prediction_log, registry
 from mlre.data.lake import read_events
 from mlre.mlflow_uri import global_tracking_uri
 from mlre.settings import Settings, get_settings
@@ -133,7 +133,7 @@ def score_last_day(settings: Settings, tracking_uri: str) -> pd.DataFrame:
 def _seed_prediction_log(settings: Settings, tracking_uri: str) -> None:
     """Score the last day with the champion so the log has rows a bad input could damage."""
     scored = score_last_day(settings, tracking_uri)
-    inference.write_predictions(scored, settings.lake_dir, MODEL, run_id="seed")
+    prediction_log.write_predictions(scored, settings.lake_dir, MODEL, run_id="seed")
 
 
 @pytest.fixture(scope="session")

@@ -23,8 +23,9 @@ from mlflow import MlflowClient
 from mlre import registry
 from mlre.features.consistency import read_online
 from mlre.features.store import open_store
-from mlre.inference import FEATURE_SERVICE_TAG, read_predictions
+from mlre.inference import FEATURE_SERVICE_TAG
 from mlre.mlflow_uri import global_tracking_uri
+from mlre.prediction_log import read_predictions
 from mlre.registry import history
 from mlre.settings import Settings
 

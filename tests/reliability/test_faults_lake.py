@@ -15,13 +15,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mlre.inference import predictions_dir, read_predictions, write_predictions
+from mlre.prediction_log import predictions_dir, read_predictions, write_predictions
 from tests.reliability.conftest import score_last_day
 from tests.reliability.harness import Platform, assert_message, assert_unchanged, capture
 from tests.support.child import read_only_unsupported, run_in_child
 
 pytestmark = pytest.mark.integration
-WRITE = "mlre.inference:write_predictions"
+WRITE = "mlre.prediction_log:write_predictions"
 # Far below one partition of the platform's scored day, above what the child writes elsewhere.
 FILE_SIZE_LIMIT = 4096
 
@@ -66,7 +66,7 @@ def test_disk_full_write_fails_clearly_and_leaves_no_partial_partition(
         platform, scored, tmp_path, "disk-full", file_size_limit=FILE_SIZE_LIMIT
     )
 
-    assert error == "mlre.inference.InferenceError", message
+    assert error == "mlre.errors.InferenceError", message
     assert_message(message, names=[str(folder), "File too large"], fix="free space")
     assert_unchanged(before, capture(platform))  # not even a hidden temp file is left
     _rerun_lands(platform, scored, "disk-full")
@@ -85,7 +85,7 @@ def test_read_only_lake_write_fails_clearly_and_leaves_earlier_partitions(
         platform, scored, tmp_path, "read-only", read_only=platform.lake_dir
     )
 
-    assert error == "mlre.inference.InferenceError", message
+    assert error == "mlre.errors.InferenceError", message
     # Root gets a read-only mount (EROFS); anyone else a chmod-ed lake (EACCES).
     refusal = "Read-only file system" if os.geteuid() == 0 else "Permission denied"
     assert_message(message, names=[str(folder), refusal], fix="writable")

@@ -11,7 +11,7 @@ from flows.evaluation import EvaluateParams, evaluate_model
 from flows.inference import BatchInferenceParams, batch_inference
 from flows.promotion import promote_model, rollback_model
 from mlre import registry
-from mlre.inference import InferenceError
+from mlre.errors import InferenceError
 from mlre.registry import RegistryError
 from tests.reliability.harness import Platform, assert_refused, promote, register_versions
 

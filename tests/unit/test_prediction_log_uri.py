@@ -9,8 +9,8 @@ import pandas as pd
 import pyarrow.fs as pafs
 import pytest
 
-from mlre.inference import (
-    InferenceError,
+from mlre.errors import InferenceError
+from mlre.prediction_log import (
     _filesystem,
     _partitions,
     predictions_dir,
