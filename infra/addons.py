@@ -16,11 +16,17 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from infra import iam
-from infra.k8s import IRSA_ANNOTATION, cpu_pool_selector
+from infra.k8s import IRSA_ANNOTATION, ClusterAccess, cpu_pool_selector
 from mlre import k8s_labels
 
 AUTOSCALER_NAMESPACE = "kube-system"
 AUTOSCALER_SA = "cluster-autoscaler"
+# Each add-on's Helm repository; stack.py pins the chart versions from config.
+CHART_REPOS = {
+    "cluster-autoscaler": "https://kubernetes.github.io/autoscaler",
+    "nvidia-device-plugin": "https://nvidia.github.io/k8s-device-plugin",
+    "dcgm-exporter": "https://nvidia.github.io/dcgm-exporter/helm-charts",
+}
 
 
 def gpu_node_affinity() -> dict:
@@ -94,16 +100,14 @@ class ClusterAddons(pulumi.ComponentResource):
         cluster_name: pulumi.Input[str],
         region: str,
         kubernetes_version: str,
-        oidc_provider_arn: pulumi.Input[str],
-        oidc_issuer_url: pulumi.Input[str],
+        access: ClusterAccess,
         asg_names: Sequence[pulumi.Input[str]],
         node_group_arns: Sequence[pulumi.Input[str]],
         chart_versions: dict[str, str],
-        provider: k8s.Provider,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("mlre:infra:ClusterAddons", name, None, opts)
-        k8s_opts = pulumi.ResourceOptions(parent=self, provider=provider)
+        k8s_opts = access.child_opts(self)
         identity = aws.get_caller_identity_output()
         partition = aws.get_partition_output().partition
         asg_arns = pulumi.Output.all(identity.account_id, partition, *asg_names).apply(
@@ -116,10 +120,8 @@ class ClusterAddons(pulumi.ComponentResource):
         policy = pulumi.Output.all(asg_arns, *node_group_arns).apply(
             lambda a: iam.document(iam.cluster_autoscaler_statements(a[0], a[1:]))
         )
-        self.autoscaler_role = iam.irsa_role(
+        self.autoscaler_role = access.irsa_role(
             f"{name}-cluster-autoscaler",
-            oidc_provider_arn=oidc_provider_arn,
-            oidc_issuer_url=oidc_issuer_url,
             namespace=AUTOSCALER_NAMESPACE,
             service_account=AUTOSCALER_SA,
             policy=policy,
@@ -128,35 +130,21 @@ class ClusterAddons(pulumi.ComponentResource):
         values = pulumi.Output.all(cluster_name, self.autoscaler_role.arn).apply(
             lambda a: autoscaler_values(a[0], region, a[1], kubernetes_version)
         )
-        k8s.helm.v3.Release(
-            f"{name}-cluster-autoscaler",
-            name="cluster-autoscaler",
-            chart="cluster-autoscaler",
-            version=chart_versions["cluster-autoscaler"],
-            repository_opts={"repo": "https://kubernetes.github.io/autoscaler"},
-            namespace=AUTOSCALER_NAMESPACE,
-            values=values,
-            opts=k8s_opts,
-        )
-        k8s.helm.v3.Release(
-            f"{name}-nvidia-device-plugin",
-            name="nvidia-device-plugin",
-            chart="nvidia-device-plugin",
-            version=chart_versions["nvidia-device-plugin"],
-            repository_opts={"repo": "https://nvidia.github.io/k8s-device-plugin"},
-            namespace=AUTOSCALER_NAMESPACE,
-            values=gpu_daemon_values(),
-            opts=k8s_opts,
-        )
-        k8s.helm.v3.Release(
-            f"{name}-dcgm-exporter",
-            name="dcgm-exporter",
-            chart="dcgm-exporter",
-            version=chart_versions["dcgm-exporter"],
-            repository_opts={"repo": "https://nvidia.github.io/dcgm-exporter/helm-charts"},
-            namespace=AUTOSCALER_NAMESPACE,
+        release_values = {
+            "cluster-autoscaler": values,
+            "nvidia-device-plugin": gpu_daemon_values(),
             # No Prometheus operator here: scrape the exporter's Service, not a ServiceMonitor.
-            values={**gpu_daemon_values(), "serviceMonitor": {"enabled": False}},
-            opts=k8s_opts,
-        )
+            "dcgm-exporter": {**gpu_daemon_values(), "serviceMonitor": {"enabled": False}},
+        }
+        for chart, chart_values in release_values.items():
+            k8s.helm.v3.Release(
+                f"{name}-{chart}",
+                name=chart,
+                chart=chart,
+                version=chart_versions[chart],
+                repository_opts={"repo": CHART_REPOS[chart]},
+                namespace=AUTOSCALER_NAMESPACE,
+                values=chart_values,
+                opts=k8s_opts,
+            )
         self.register_outputs({"autoscaler_role_arn": self.autoscaler_role.arn})

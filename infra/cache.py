@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import pulumi
 import pulumi_aws as aws
 import pulumi_random as random
 
 from infra.config import DataConfig
-from infra.network import cluster_only_security_group
+from infra.network import DataPlacement
 
 REDIS_PORT = 6379
 
@@ -26,10 +24,7 @@ class Cache(pulumi.ComponentResource):
         self,
         name: str,
         cfg: DataConfig,
-        *,
-        vpc_id: pulumi.Input[str],
-        subnet_ids: Sequence[pulumi.Input[str]],
-        client_security_group_id: pulumi.Input[str],
+        placement: DataPlacement,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("mlre:infra:Cache", name, None, opts)
@@ -38,14 +33,10 @@ class Cache(pulumi.ComponentResource):
         self.auth_token = random.RandomPassword(
             f"{name}-auth-token", length=48, special=False, opts=child
         )
-        subnet_group = aws.elasticache.SubnetGroup(
-            f"{name}-subnets", subnet_ids=list(subnet_ids), opts=child
-        )
-        sg = cluster_only_security_group(
-            f"{name}-sg",
-            vpc_id=vpc_id,
+        placed = placement.place(
+            name,
+            subnet_group=aws.elasticache.SubnetGroup,
             port=REDIS_PORT,
-            client_security_group_id=client_security_group_id,
             description="Redis from the EKS cluster only",
             opts=child,
         )
@@ -60,8 +51,8 @@ class Cache(pulumi.ComponentResource):
             automatic_failover_enabled=replicated,
             multi_az_enabled=replicated,
             port=REDIS_PORT,
-            subnet_group_name=subnet_group.name,
-            security_group_ids=[sg.id],
+            subnet_group_name=placed.subnet_group_name,
+            security_group_ids=[placed.security_group_id],
             at_rest_encryption_enabled=True,
             transit_encryption_enabled=True,
             auth_token=self.auth_token.result,

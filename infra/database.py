@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from urllib.parse import quote
 
 import pulumi
@@ -10,7 +9,7 @@ import pulumi_aws as aws
 import pulumi_random as random
 
 from infra.config import DataConfig
-from infra.network import cluster_only_security_group
+from infra.network import DataPlacement
 
 DB_NAME = "mlre"
 DB_USER = "mlre_admin"
@@ -32,10 +31,7 @@ class Database(pulumi.ComponentResource):
         self,
         name: str,
         cfg: DataConfig,
-        *,
-        vpc_id: pulumi.Input[str],
-        subnet_ids: Sequence[pulumi.Input[str]],
-        client_security_group_id: pulumi.Input[str],
+        placement: DataPlacement,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("mlre:infra:Database", name, None, opts)
@@ -43,14 +39,10 @@ class Database(pulumi.ComponentResource):
         self.password = random.RandomPassword(
             f"{name}-password", length=32, special=False, opts=child
         )
-        subnet_group = aws.rds.SubnetGroup(
-            f"{name}-subnets", subnet_ids=list(subnet_ids), opts=child
-        )
-        sg = cluster_only_security_group(
-            f"{name}-sg",
-            vpc_id=vpc_id,
+        placed = placement.place(
+            name,
+            subnet_group=aws.rds.SubnetGroup,
             port=DB_PORT,
-            client_security_group_id=client_security_group_id,
             description="PostgreSQL from the EKS cluster only",
             opts=child,
         )
@@ -66,8 +58,8 @@ class Database(pulumi.ComponentResource):
             db_name=DB_NAME,
             username=DB_USER,
             password=self.password.result,
-            db_subnet_group_name=subnet_group.name,
-            vpc_security_group_ids=[sg.id],
+            db_subnet_group_name=placed.subnet_group_name,
+            vpc_security_group_ids=[placed.security_group_id],
             publicly_accessible=False,
             multi_az=cfg.db_multi_az,
             backup_retention_period=cfg.db_backup_retention_days,

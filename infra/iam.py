@@ -59,40 +59,27 @@ def cluster_autoscaler_statements(
 def irsa_trust_policy(provider_arn: str, issuer_url: str, namespace: str, sa: str) -> str:
     """Trust policy letting exactly one Kubernetes service account assume the role."""
     issuer = issuer_url.removeprefix("https://")
-    return json.dumps(
-        {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Effect": "Allow",
-                    "Principal": {"Federated": provider_arn},
-                    "Action": "sts:AssumeRoleWithWebIdentity",
-                    "Condition": {
-                        "StringEquals": {
-                            f"{issuer}:sub": f"system:serviceaccount:{namespace}:{sa}",
-                            f"{issuer}:aud": "sts.amazonaws.com",
-                        }
-                    },
-                }
-            ],
-        }
+    return document(
+        [
+            {
+                "Effect": "Allow",
+                "Principal": {"Federated": provider_arn},
+                "Action": "sts:AssumeRoleWithWebIdentity",
+                "Condition": {
+                    "StringEquals": {
+                        f"{issuer}:sub": f"system:serviceaccount:{namespace}:{sa}",
+                        f"{issuer}:aud": "sts.amazonaws.com",
+                    }
+                },
+            }
+        ]
     )
 
 
 def service_trust_policy(service: str) -> str:
     """Trust policy for an AWS service principal (EKS control plane, EC2 nodes)."""
-    return json.dumps(
-        {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Effect": "Allow",
-                    "Principal": {"Service": service},
-                    "Action": "sts:AssumeRole",
-                }
-            ],
-        }
-    )
+    principal = {"Service": service}
+    return document([{"Effect": "Allow", "Principal": principal, "Action": "sts:AssumeRole"}])
 
 
 def irsa_role(

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
 import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
@@ -10,6 +14,70 @@ from infra import iam
 from mlre import k8s_labels
 
 IRSA_ANNOTATION = "eks.amazonaws.com/role-arn"
+APP_LABEL = "app.kubernetes.io/name"
+TMP = "/tmp"  # the only writable path in a pod: an emptyDir under a read-only root FS
+
+
+@dataclass(frozen=True)
+class ClusterAccess:
+    """What a component on the cluster needs of it: the API provider and IRSA's OIDC issuer."""
+
+    provider: k8s.Provider
+    oidc_provider_arn: pulumi.Input[str]
+    oidc_issuer_url: pulumi.Input[str]
+
+    def child_opts(self, parent: pulumi.Resource) -> pulumi.ResourceOptions:
+        """Options of a Kubernetes object that `parent` owns."""
+        return pulumi.ResourceOptions(parent=parent, provider=self.provider)
+
+    def irsa_role(
+        self,
+        name: str,
+        *,
+        namespace: str,
+        service_account: str,
+        policy: pulumi.Input[str],
+        parent: pulumi.Resource,
+    ) -> aws.iam.Role:
+        """IAM role that only `namespace/service_account` of this cluster may assume."""
+        return iam.irsa_role(
+            name,
+            oidc_provider_arn=self.oidc_provider_arn,
+            oidc_issuer_url=self.oidc_issuer_url,
+            namespace=namespace,
+            service_account=service_account,
+            policy=policy,
+            parent=parent,
+        )
+
+
+@dataclass(frozen=True)
+class ConfigVolume:
+    """A Secret or ConfigMap volume, mounted read-only at one path."""
+
+    name: str
+    mount_path: str
+    source: Mapping[str, Any]  # {"secret": {...}} or {"config_map": {...}}
+
+
+def _given(**fields: object) -> dict[str, object]:
+    """The fields that were given: an absent key, not a null, is what the API expects."""
+    return {key: value for key, value in fields.items() if value is not None}
+
+
+def app_labels(app: str) -> dict[str, str]:
+    """The one label a component's objects carry and its selectors match."""
+    return {APP_LABEL: app}
+
+
+def in_cluster_url(service: str, namespace: str) -> str:
+    """URL of a port-80 ClusterIP Service from inside the cluster."""
+    return f"http://{service}.{namespace}.svc.cluster.local"
+
+
+def secret_env(key: str, secret_name: pulumi.Input[str]) -> dict:
+    """Env var `key` read from the Secret's key of the same name (never a plain value)."""
+    return {"name": key, "value_from": {"secret_key_ref": {"name": secret_name, "key": key}}}
 
 
 def restricted_security_context() -> dict:
@@ -79,21 +147,17 @@ def service_type(public: bool) -> str:
 
 def irsa_service_account(
     name: str,
+    access: ClusterAccess,
     *,
     service_account: str,
     namespace: str,
     policy: pulumi.Input[str],
-    oidc_provider_arn: pulumi.Input[str],
-    oidc_issuer_url: pulumi.Input[str],
     parent: pulumi.Resource,
-    provider: k8s.Provider,
 ) -> aws.iam.Role:
     """An IRSA role with one inline policy (`<name>-irsa`) and the ServiceAccount (`<name>-sa`)
     annotated with it, so pods running as that account get exactly that policy."""
-    role = iam.irsa_role(
+    role = access.irsa_role(
         f"{name}-irsa",
-        oidc_provider_arn=oidc_provider_arn,
-        oidc_issuer_url=oidc_issuer_url,
         namespace=namespace,
         service_account=service_account,
         policy=policy,
@@ -106,22 +170,18 @@ def irsa_service_account(
             "namespace": namespace,
             "annotations": {IRSA_ANNOTATION: role.arn},
         },
-        opts=pulumi.ResourceOptions(parent=parent, provider=provider),
+        opts=access.child_opts(parent),
     )
     return role
 
 
 def http_service(
-    name: str,
-    *,
-    app: str,
-    namespace: str,
-    labels: dict[str, str],
-    public: bool,
-    opts: pulumi.ResourceOptions,
-) -> k8s.core.v1.Service:
-    """Port 80 in front of the pods' named `http` port; ClusterIP unless `public`."""
-    return k8s.core.v1.Service(
+    name: str, *, app: str, namespace: str, public: bool, opts: pulumi.ResourceOptions
+) -> pulumi.Output[str]:
+    """Port 80 in front of the app's pods' named `http` port, ClusterIP unless `public`;
+    returns the URL clients use (the load balancer's once it exists, when public)."""
+    labels = app_labels(app)
+    service = k8s.core.v1.Service(
         f"{name}-service",
         metadata={"name": app, "namespace": namespace, "labels": labels},
         spec={
@@ -129,5 +189,136 @@ def http_service(
             "selector": labels,
             "ports": [{"name": "http", "port": 80, "target_port": "http"}],
         },
+        opts=opts,
+    )
+    if public:
+        return service.status.apply(lambda s: f"http://{s.load_balancer.ingress[0].hostname}")
+    return pulumi.Output.from_input(in_cluster_url(app, namespace))
+
+
+def app_secret(
+    name: str,
+    *,
+    app: str,
+    namespace: str,
+    string_data: Mapping[str, pulumi.Input[str]],
+    opts: pulumi.ResourceOptions,
+) -> pulumi.Output[str]:
+    """The component's `<app>-secrets` Secret; returns its name as an Output so pods that
+    reference it are created after it."""
+    secret = k8s.core.v1.Secret(
+        f"{name}-secret",
+        metadata={"name": f"{app}-secrets", "namespace": namespace},
+        string_data=dict(string_data),
+        opts=opts,
+    )
+    return secret.metadata.apply(lambda m: m["name"])
+
+
+def cpu_autoscaler(
+    name: str,
+    *,
+    app: str,
+    namespace: str,
+    min_replicas: int,
+    max_replicas: int,
+    cpu_target: int,
+    opts: pulumi.ResourceOptions,
+    labels: dict[str, str] | None = None,
+) -> k8s.autoscaling.v2.HorizontalPodAutoscaler:
+    """autoscaling/v2 HPA on average CPU utilisation of the Deployment named `app`."""
+    return k8s.autoscaling.v2.HorizontalPodAutoscaler(
+        f"{name}-hpa",
+        metadata=_given(name=app, namespace=namespace, labels=labels),
+        spec={
+            "scale_target_ref": {"api_version": "apps/v1", "kind": "Deployment", "name": app},
+            "min_replicas": min_replicas,
+            "max_replicas": max_replicas,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {"type": "Utilization", "average_utilization": cpu_target},
+                    },
+                }
+            ],
+        },
+        opts=opts,
+    )
+
+
+def hardened_deployment(
+    name: str,
+    *,
+    app: str,
+    namespace: str,
+    uid: int,
+    image: str,
+    port: int,
+    resources: dict[str, Any],
+    probes: dict[str, Any],
+    opts: pulumi.ResourceOptions,
+    labels: dict[str, str] | None = None,
+    service_account: str | None = None,
+    container_name: str | None = None,
+    port_name: str = "http",
+    args: pulumi.Input[Sequence[str]] | None = None,
+    command: Sequence[str] | None = None,
+    env: Sequence[dict] = (),
+    env_from_secret: pulumi.Input[str] | None = None,
+    config_volumes: Sequence[ConfigVolume] = (),
+    tmp_size_limit: str | None = None,
+    lifecycle: dict | None = None,
+    replicas: int | None = None,
+    strategy: dict | None = None,
+    pod_annotations: dict[str, str] | None = None,
+    pod_fields: Mapping[str, object] | None = None,
+) -> k8s.apps.v1.Deployment:
+    """One-container Deployment under the restricted profile on the CPU pool."""
+    labels = labels or app_labels(app)
+    container = _given(
+        name=container_name or app,
+        image=image,
+        args=args,
+        command=command,
+        ports=[{"name": port_name, "container_port": port}],
+        env_from=None if env_from_secret is None else [{"secret_ref": {"name": env_from_secret}}],
+        # The root filesystem is read-only: HOME must point into the writable emptyDir.
+        env=[*env, {"name": "HOME", "value": TMP}],
+        resources=resources,
+        security_context=restricted_security_context(),
+        volume_mounts=[
+            {"name": "tmp", "mount_path": TMP},
+            *(
+                {"name": v.name, "mount_path": v.mount_path, "read_only": True}
+                for v in config_volumes
+            ),
+        ],
+        lifecycle=lifecycle,
+    )
+    pod = {
+        "service_account_name": service_account or app,
+        "node_selector": cpu_pool_selector(),
+        "security_context": pod_security_context(uid),
+        **(pod_fields or {}),
+        "containers": [{**container, **probes}],
+        "volumes": [
+            {"name": "tmp", "empty_dir": _given(size_limit=tmp_size_limit)},
+            *({"name": v.name, **v.source} for v in config_volumes),
+        ],
+    }
+    return k8s.apps.v1.Deployment(
+        name,
+        metadata={"name": app, "namespace": namespace, "labels": labels},
+        spec=_given(
+            replicas=replicas,  # None: an HPA owns the count
+            selector={"match_labels": labels},
+            strategy=strategy,
+            template={
+                "metadata": _given(labels=labels, annotations=pod_annotations),
+                "spec": pod,
+            },
+        ),
         opts=opts,
     )

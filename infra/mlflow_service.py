@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import pulumi
-import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from infra import iam
 from infra.k8s import (
-    cpu_pool_selector,
+    ClusterAccess,
+    ConfigVolume,
+    app_secret,
+    hardened_deployment,
     http_probes,
     http_service,
     irsa_service_account,
-    pod_security_context,
     resources,
-    restricted_security_context,
+    secret_env,
 )
 
 APP = "mlflow"
@@ -72,25 +73,21 @@ class MlflowService(pulumi.ComponentResource):
         artifact_bucket_arn: pulumi.Input[str],
         kms_key_arn: pulumi.Input[str],
         backend_uri: pulumi.Input[str],
-        oidc_provider_arn: pulumi.Input[str],
-        oidc_issuer_url: pulumi.Input[str],
-        provider: k8s.Provider,
+        access: ClusterAccess,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("mlre:infra:MlflowService", name, None, opts)
-        k8s_opts = pulumi.ResourceOptions(parent=self, provider=provider)
+        k8s_opts = access.child_opts(self)
         policy = pulumi.Output.all(artifact_bucket_arn, kms_key_arn).apply(
             lambda a: iam.document(iam.s3_access_statements([a[0]], a[1], write=True))
         )
         irsa_service_account(
             name,
+            access,
             service_account=APP,
             namespace=namespace,
             policy=policy,
-            oidc_provider_arn=oidc_provider_arn,
-            oidc_issuer_url=oidc_issuer_url,
             parent=self,
-            provider=provider,
         )
         self.admin_password = random.RandomPassword(
             f"{name}-admin-password",
@@ -98,9 +95,10 @@ class MlflowService(pulumi.ComponentResource):
             special=False,
             opts=pulumi.ResourceOptions(parent=self),
         )
-        secret = k8s.core.v1.Secret(
-            f"{name}-secret",
-            metadata={"name": f"{APP}-secrets", "namespace": namespace},
+        secret_name = app_secret(
+            name,
+            app=APP,
+            namespace=namespace,
             string_data={
                 "MLFLOW_BACKEND_STORE_URI": backend_uri,
                 "MLFLOW_AUTH_ADMIN_PASSWORD": self.admin_password.result,
@@ -108,74 +106,29 @@ class MlflowService(pulumi.ComponentResource):
             },
             opts=k8s_opts,
         )
-        labels = {"app.kubernetes.io/name": APP}
-        secret_name = secret.metadata.apply(lambda m: m["name"])
         args = pulumi.Output.from_input(artifact_bucket).apply(
             lambda b: mlflow_args(b, namespace, public)
         )
-        env_from_secret = [
-            {
-                "name": key,
-                "value_from": {"secret_key_ref": {"name": secret_name, "key": key}},
-            }
-            for key in ("MLFLOW_BACKEND_STORE_URI", "MLFLOW_AUTH_ADMIN_PASSWORD")
-        ]
-        k8s.apps.v1.Deployment(
+        auth_file = {"key": "basic_auth.ini", "path": "basic_auth.ini"}
+        auth_volume = {"secret": {"secret_name": secret_name, "items": [auth_file]}}
+        hardened_deployment(
             f"{name}-deployment",
-            metadata={"name": APP, "namespace": namespace, "labels": labels},
-            spec={
-                "replicas": replicas,
-                "selector": {"match_labels": labels},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {
-                        "service_account_name": APP,
-                        "node_selector": cpu_pool_selector(),
-                        "security_context": pod_security_context(1000),
-                        "containers": [
-                            {
-                                "name": APP,
-                                "image": image,
-                                "args": args,
-                                "ports": [{"name": "http", "container_port": PORT}],
-                                "env": [
-                                    *env_from_secret,
-                                    {
-                                        "name": "MLFLOW_AUTH_CONFIG_PATH",
-                                        "value": f"{AUTH_DIR}/basic_auth.ini",
-                                    },
-                                    {"name": "HOME", "value": "/tmp"},
-                                ],
-                                "resources": resources("250m", "1Gi"),
-                                "security_context": restricted_security_context(),
-                                "volume_mounts": [
-                                    {"name": "tmp", "mount_path": "/tmp"},
-                                    {"name": "auth", "mount_path": AUTH_DIR, "read_only": True},
-                                ],
-                                **http_probes("/health", PORT),
-                            }
-                        ],
-                        "volumes": [
-                            {"name": "tmp", "empty_dir": {}},
-                            {
-                                "name": "auth",
-                                "secret": {
-                                    "secret_name": secret_name,
-                                    "items": [{"key": "basic_auth.ini", "path": "basic_auth.ini"}],
-                                },
-                            },
-                        ],
-                    },
-                },
-            },
+            app=APP,
+            namespace=namespace,
+            uid=1000,
+            image=image,
+            args=args,
+            port=PORT,
+            env=[
+                secret_env("MLFLOW_BACKEND_STORE_URI", secret_name),
+                secret_env("MLFLOW_AUTH_ADMIN_PASSWORD", secret_name),
+                {"name": "MLFLOW_AUTH_CONFIG_PATH", "value": f"{AUTH_DIR}/basic_auth.ini"},
+            ],
+            resources=resources("250m", "1Gi"),
+            probes=http_probes("/health", PORT),
+            config_volumes=[ConfigVolume("auth", AUTH_DIR, auth_volume)],
+            replicas=replicas,
             opts=k8s_opts,
         )
-        service = http_service(
-            name, app=APP, namespace=namespace, labels=labels, public=public, opts=k8s_opts
-        )
-        self.url = pulumi.Output.concat("http://", APP, ".", namespace, ".svc.cluster.local")
-        if public:
-            self.url = service.status.apply(
-                lambda s: f"http://{s.load_balancer.ingress[0].hostname}"
-            )
+        self.url = http_service(name, app=APP, namespace=namespace, public=public, opts=k8s_opts)
         self.register_outputs({"url": self.url})

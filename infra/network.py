@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
 import pulumi
 import pulumi_aws as aws
 
@@ -14,30 +18,52 @@ def subnet_tags(cluster_name: str, *, public: bool, name: str) -> dict[str, str]
     return {"Name": name, role: "1", f"kubernetes.io/cluster/{cluster_name}": "shared"}
 
 
-def cluster_only_security_group(
-    name: str,
-    *,
-    vpc_id: pulumi.Input[str],
-    port: int,
-    client_security_group_id: pulumi.Input[str],
-    description: str,
-    opts: pulumi.ResourceOptions,
-) -> aws.ec2.SecurityGroup:
-    """A data service's security group: one TCP port, open only to the cluster's nodes."""
-    return aws.ec2.SecurityGroup(
-        name,
-        vpc_id=vpc_id,
-        description=description,
-        ingress=[
-            {
-                "protocol": "tcp",
-                "from_port": port,
-                "to_port": port,
-                "security_groups": [client_security_group_id],
-            }
-        ],
-        opts=opts,
-    )
+# Each data service brings its own kind of subnet group (RDS, ElastiCache).
+SubnetGroupType = type[aws.rds.SubnetGroup] | type[aws.elasticache.SubnetGroup]
+
+
+class Placed(NamedTuple):
+    """What a data service's instance is attached to."""
+
+    subnet_group_name: pulumi.Output[str]
+    security_group_id: pulumi.Output[str]
+
+
+@dataclass(frozen=True)
+class DataPlacement:
+    """Where a managed data service lives: the private subnets, reachable from the cluster only."""
+
+    vpc_id: pulumi.Input[str]
+    subnet_ids: Sequence[pulumi.Input[str]]
+    client_security_group_id: pulumi.Input[str]
+
+    def place(
+        self,
+        name: str,
+        *,
+        subnet_group: SubnetGroupType,
+        port: int,
+        description: str,
+        opts: pulumi.ResourceOptions,
+    ) -> Placed:
+        """`<name>-subnets` over the private subnets and `<name>-sg`, which opens one TCP port
+        to the cluster's nodes and nothing else."""
+        group = subnet_group(f"{name}-subnets", subnet_ids=list(self.subnet_ids), opts=opts)
+        sg = aws.ec2.SecurityGroup(
+            f"{name}-sg",
+            vpc_id=self.vpc_id,
+            description=description,
+            ingress=[
+                {
+                    "protocol": "tcp",
+                    "from_port": port,
+                    "to_port": port,
+                    "security_groups": [self.client_security_group_id],
+                }
+            ],
+            opts=opts,
+        )
+        return Placed(group.name, sg.id)
 
 
 class Network(pulumi.ComponentResource):
@@ -72,21 +98,13 @@ class Network(pulumi.ComponentResource):
         self.private_subnets: list[aws.ec2.Subnet] = []
         nat_ids: list[pulumi.Output[str]] = []
         for i in range(cfg.az_count):
-            az = azs[i]
-            public = aws.ec2.Subnet(
+            public = self._subnet(
                 f"{name}-public-{i}",
-                vpc_id=self.vpc.id,
-                cidr_block=cfg.public_subnet_cidrs[i],
-                availability_zone=az,
-                map_public_ip_on_launch=False,  # only LBs and NAT live here, with their own IPs
-                tags=subnet_tags(cluster_name, public=True, name=f"{name}-public-{i}"),
-                opts=child,
-            )
-            aws.ec2.RouteTableAssociation(
-                f"{name}-public-{i}-rta",
-                subnet_id=public.id,
-                route_table_id=public_rt.id,
-                opts=child,
+                public=True,
+                cidr=cfg.public_subnet_cidrs[i],
+                az=azs[i],
+                route_table=public_rt,
+                cluster_name=cluster_name,
             )
             self.public_subnets.append(public)
             if i == 0 or not cfg.single_nat_gateway:
@@ -99,25 +117,19 @@ class Network(pulumi.ComponentResource):
                     opts=pulumi.ResourceOptions(parent=self, depends_on=[igw]),
                 )
                 nat_ids.append(nat.id)
-            private = aws.ec2.Subnet(
-                f"{name}-private-{i}",
-                vpc_id=self.vpc.id,
-                cidr_block=cfg.private_subnet_cidrs[i],
-                availability_zone=az,
-                tags=subnet_tags(cluster_name, public=False, name=f"{name}-private-{i}"),
-                opts=child,
-            )
             private_rt = aws.ec2.RouteTable(
                 f"{name}-private-rt-{i}",
                 vpc_id=self.vpc.id,
                 routes=[{"cidr_block": "0.0.0.0/0", "nat_gateway_id": nat_ids[-1]}],
                 opts=child,
             )
-            aws.ec2.RouteTableAssociation(
-                f"{name}-private-{i}-rta",
-                subnet_id=private.id,
-                route_table_id=private_rt.id,
-                opts=child,
+            private = self._subnet(
+                f"{name}-private-{i}",
+                public=False,
+                cidr=cfg.private_subnet_cidrs[i],
+                az=azs[i],
+                route_table=private_rt,
+                cluster_name=cluster_name,
             )
             self.private_subnets.append(private)
         self.vpc_id = self.vpc.id
@@ -130,3 +142,31 @@ class Network(pulumi.ComponentResource):
                 "public_subnet_ids": self.public_subnet_ids,
             }
         )
+
+    def _subnet(
+        self,
+        name: str,
+        *,
+        public: bool,
+        cidr: str,
+        az: pulumi.Input[str],
+        route_table: aws.ec2.RouteTable,
+        cluster_name: str,
+    ) -> aws.ec2.Subnet:
+        """A subnet in one AZ, tagged for EKS, associated with its route table (`<name>-rta`)."""
+        child = pulumi.ResourceOptions(parent=self)
+        subnet = aws.ec2.Subnet(
+            name,
+            vpc_id=self.vpc.id,
+            cidr_block=cidr,
+            availability_zone=az,
+            # Only LBs and NAT live in public subnets, with their own IPs; private subnets
+            # keep the AWS default (never public).
+            map_public_ip_on_launch=False if public else None,
+            tags=subnet_tags(cluster_name, public=public, name=name),
+            opts=child,
+        )
+        aws.ec2.RouteTableAssociation(
+            f"{name}-rta", subnet_id=subnet.id, route_table_id=route_table.id, opts=child
+        )
+        return subnet

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import pulumi
 import pulumi_aws as aws
@@ -63,95 +64,108 @@ def hardened_launch_template(
     )
 
 
-def _node_group(
-    name: str,
-    *,
-    cluster_name: pulumi.Input[str],
-    node_role_arn: pulumi.Input[str],
-    subnet_ids: Sequence[pulumi.Input[str]],
-    launch_template: aws.ec2.LaunchTemplate,
-    parent: pulumi.Resource,
-    **kwargs: object,
-) -> aws.eks.NodeGroup:
-    """Managed node group on the hardened launch template; the autoscaler owns desired size."""
-    return aws.eks.NodeGroup(
-        name,
-        cluster_name=cluster_name,
-        node_role_arn=node_role_arn,
-        subnet_ids=list(subnet_ids),
-        launch_template={"id": launch_template.id, "version": launch_template.latest_version},
-        update_config={"max_unavailable": 1},
-        opts=pulumi.ResourceOptions(parent=parent, ignore_changes=["scalingConfig.desiredSize"]),
-        **kwargs,
-    )
+@dataclass(frozen=True)
+class NodeTarget:
+    """Where a managed node group joins: the cluster, the node IAM role, the private subnets."""
+
+    cluster_name: pulumi.Input[str]
+    node_role_arn: pulumi.Input[str]
+    subnet_ids: Sequence[pulumi.Input[str]]
 
 
-def _asg_name(node_group: aws.eks.NodeGroup) -> pulumi.Output[str]:
-    """Name of the Auto Scaling group EKS created for a managed node group."""
-    return node_group.resources.apply(lambda r: r[0].autoscaling_groups[0].name)
+class _NodePool(pulumi.ComponentResource):
+    """A managed node group on its own hardened launch template, labelled with its pool.
+
+    The autoscaler owns the group's desired size, so updates ignore it. Subclasses add their
+    own children, then call `_register`.
+    """
+
+    def __init__(
+        self,
+        token: str,
+        name: str,
+        target: NodeTarget,
+        *,
+        volume_gb: int,
+        pool: str,
+        opts: pulumi.ResourceOptions | None,
+        **group_args: object,
+    ) -> None:
+        super().__init__(token, name, None, opts)
+        launch_template = hardened_launch_template(name, volume_gb, self)
+        self.node_group = aws.eks.NodeGroup(
+            name,
+            cluster_name=target.cluster_name,
+            node_role_arn=target.node_role_arn,
+            subnet_ids=list(target.subnet_ids),
+            launch_template={"id": launch_template.id, "version": launch_template.latest_version},
+            update_config={"max_unavailable": 1},
+            labels={k8s_labels.POOL_LABEL_KEY: pool},
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["scalingConfig.desiredSize"]),
+            **group_args,
+        )
+        # Name of the Auto Scaling group EKS created for the node group.
+        self.asg_name: pulumi.Output[str] = self.node_group.resources.apply(
+            lambda r: r[0].autoscaling_groups[0].name
+        )
+
+    def _register(self) -> None:
+        """Outputs of every pool: what the autoscaler's IAM policy and the tags refer to."""
+        self.register_outputs({"node_group_arn": self.node_group.arn, "asg_name": self.asg_name})
 
 
-class CpuNodePool(pulumi.ComponentResource):
+class CpuNodePool(_NodePool):
     """On-demand CPU pool for platform services and CPU flow jobs."""
 
     def __init__(
         self,
         name: str,
+        target: NodeTarget,
         *,
-        cluster_name: pulumi.Input[str],
-        node_role_arn: pulumi.Input[str],
-        subnet_ids: Sequence[pulumi.Input[str]],
         instance_types: Sequence[str],
         min_size: int,
         max_size: int,
         volume_gb: int,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        super().__init__("mlre:infra:CpuNodePool", name, None, opts)
-        self.node_group = _node_group(
+        super().__init__(
+            "mlre:infra:CpuNodePool",
             name,
-            cluster_name=cluster_name,
-            node_role_arn=node_role_arn,
-            subnet_ids=subnet_ids,
-            launch_template=hardened_launch_template(name, volume_gb, self),
-            parent=self,
+            target,
+            volume_gb=volume_gb,
+            pool=k8s_labels.CPU_POOL_LABEL_VALUE,
+            opts=opts,
             ami_type="AL2023_x86_64_STANDARD",
             capacity_type="ON_DEMAND",
             instance_types=list(instance_types),
             scaling_config={"min_size": min_size, "max_size": max_size, "desired_size": min_size},
-            labels={k8s_labels.POOL_LABEL_KEY: k8s_labels.CPU_POOL_LABEL_VALUE},
         )
-        self.asg_name = _asg_name(self.node_group)
-        self.register_outputs({"node_group_arn": self.node_group.arn, "asg_name": self.asg_name})
+        self._register()
 
 
-class GpuNodePool(pulumi.ComponentResource):
+class GpuNodePool(_NodePool):
     """GPU pool: NVIDIA AMI, labelled and tainted from mlre.k8s_labels, min 0, max = cost cap."""
 
     def __init__(
         self,
         name: str,
         pool: GpuPoolConfig,
+        target: NodeTarget,
         *,
-        cluster_name: pulumi.Input[str],
-        node_role_arn: pulumi.Input[str],
-        subnet_ids: Sequence[pulumi.Input[str]],
         volume_gb: int,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        super().__init__("mlre:infra:GpuNodePool", name, None, opts)
-        self.node_group = _node_group(
+        super().__init__(
+            "mlre:infra:GpuNodePool",
             name,
-            cluster_name=cluster_name,
-            node_role_arn=node_role_arn,
-            subnet_ids=subnet_ids,
-            launch_template=hardened_launch_template(name, volume_gb, self),
-            parent=self,
+            target,
+            volume_gb=volume_gb,
+            pool=k8s_labels.GPU_POOL_LABEL_VALUE,
+            opts=opts,
             ami_type="AL2023_x86_64_NVIDIA",
             capacity_type=pool.capacity_type,
             instance_types=list(pool.instance_types),
             scaling_config={"min_size": 0, "max_size": pool.max_size, "desired_size": 0},
-            labels={k8s_labels.POOL_LABEL_KEY: k8s_labels.GPU_POOL_LABEL_VALUE},
             taints=[
                 {
                     "key": k8s_labels.GPU_TAINT_KEY,
@@ -160,7 +174,6 @@ class GpuNodePool(pulumi.ComponentResource):
                 }
             ],
         )
-        self.asg_name = _asg_name(self.node_group)
         for i, (key, value) in enumerate(gpu_node_template_tags(pool.gpus_per_node).items()):
             aws.autoscaling.Tag(
                 f"{name}-ca-tag-{i}",
@@ -168,4 +181,4 @@ class GpuNodePool(pulumi.ComponentResource):
                 tag={"key": key, "value": value, "propagate_at_launch": False},
                 opts=pulumi.ResourceOptions(parent=self),
             )
-        self.register_outputs({"node_group_arn": self.node_group.arn, "asg_name": self.asg_name})
+        self._register()

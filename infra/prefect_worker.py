@@ -7,11 +7,12 @@ import pulumi_kubernetes as k8s
 
 from infra import iam
 from infra.k8s import (
-    cpu_pool_selector,
+    APP_LABEL,
+    ClusterAccess,
+    hardened_deployment,
     irsa_service_account,
-    pod_security_context,
     resources,
-    restricted_security_context,
+    secret_env,
 )
 from mlre import k8s_labels
 
@@ -59,26 +60,22 @@ class PrefectWorkers(pulumi.ComponentResource):
         api_key: pulumi.Input[str],
         data_bucket_arns: list[pulumi.Input[str]],
         kms_key_arn: pulumi.Input[str],
-        oidc_provider_arn: pulumi.Input[str],
-        oidc_issuer_url: pulumi.Input[str],
-        provider: k8s.Provider,
+        access: ClusterAccess,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("mlre:infra:PrefectWorkers", name, None, opts)
         ns = k8s_labels.FLOWS_NAMESPACE
-        k8s_opts = pulumi.ResourceOptions(parent=self, provider=provider)
+        k8s_opts = access.child_opts(self)
         policy = pulumi.Output.all(kms_key_arn, *data_bucket_arns).apply(
             lambda a: iam.document(iam.s3_access_statements(a[1:], a[0], write=True))
         )
         self.flows_role = irsa_service_account(
             f"{name}-flows",
+            access,
             service_account=k8s_labels.FLOWS_SERVICE_ACCOUNT,
             namespace=ns,
             policy=policy,
-            oidc_provider_arn=oidc_provider_arn,
-            oidc_issuer_url=oidc_issuer_url,
             parent=self,
-            provider=provider,
         )
         k8s.core.v1.ServiceAccount(
             f"{name}-worker-sa", metadata={"name": WORKER_SA, "namespace": ns}, opts=k8s_opts
@@ -128,67 +125,38 @@ class PrefectWorkers(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions,
     ) -> k8s.apps.v1.Deployment:
         """One worker Deployment; it polls Prefect and submits flow runs as Jobs."""
-        labels = {
-            "app.kubernetes.io/name": "prefect-worker",
-            "app.kubernetes.io/instance": f"prefect-worker-{pool}",
-        }
+        app = f"prefect-worker-{pool}"
+        labels = {APP_LABEL: "prefect-worker", "app.kubernetes.io/instance": app}
         health = {"http_get": {"path": "/health", "port": HEALTH_PORT}}
-        return k8s.apps.v1.Deployment(
+        return hardened_deployment(
             f"{name}-{pool}",
-            metadata={
-                "name": f"prefect-worker-{pool}",
-                "namespace": k8s_labels.FLOWS_NAMESPACE,
-                "labels": labels,
-            },
-            spec={
-                "replicas": 1,
-                "selector": {"match_labels": labels},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {
-                        "service_account_name": WORKER_SA,
-                        "node_selector": cpu_pool_selector(),
-                        "security_context": pod_security_context(1001),
-                        "containers": [
-                            {
-                                "name": "worker",
-                                "image": image,
-                                "args": worker_args(pool),
-                                "env": [
-                                    {"name": "PREFECT_API_URL", "value": api_url},
-                                    {
-                                        "name": "PREFECT_API_KEY",
-                                        "value_from": {
-                                            "secret_key_ref": {
-                                                "name": secret_name,
-                                                "key": "PREFECT_API_KEY",
-                                            }
-                                        },
-                                    },
-                                    {"name": "PREFECT_WORKER_WEBSERVER_HOST", "value": "0.0.0.0"},
-                                    {
-                                        "name": "PREFECT_WORKER_WEBSERVER_PORT",
-                                        "value": str(HEALTH_PORT),
-                                    },
-                                    {"name": "PREFECT_HOME", "value": "/tmp/prefect"},
-                                    {"name": "HOME", "value": "/tmp"},
-                                ],
-                                "ports": [{"name": "health", "container_port": HEALTH_PORT}],
-                                "resources": resources("100m", "512Mi"),
-                                "security_context": restricted_security_context(),
-                                "volume_mounts": [{"name": "tmp", "mount_path": "/tmp"}],
-                                "readiness_probe": {**health, "period_seconds": 15},
-                                "liveness_probe": {
-                                    **health,
-                                    "period_seconds": 30,
-                                    "initial_delay_seconds": 30,
-                                    "failure_threshold": 3,
-                                },
-                            }
-                        ],
-                        "volumes": [{"name": "tmp", "empty_dir": {}}],
-                    },
+            app=app,
+            namespace=k8s_labels.FLOWS_NAMESPACE,
+            labels=labels,
+            service_account=WORKER_SA,
+            uid=1001,
+            container_name="worker",
+            image=image,
+            args=worker_args(pool),
+            port=HEALTH_PORT,
+            port_name="health",
+            env=[
+                {"name": "PREFECT_API_URL", "value": api_url},
+                secret_env("PREFECT_API_KEY", secret_name),
+                {"name": "PREFECT_WORKER_WEBSERVER_HOST", "value": "0.0.0.0"},
+                {"name": "PREFECT_WORKER_WEBSERVER_PORT", "value": str(HEALTH_PORT)},
+                {"name": "PREFECT_HOME", "value": "/tmp/prefect"},
+            ],
+            resources=resources("100m", "512Mi"),
+            probes={
+                "readiness_probe": {**health, "period_seconds": 15},
+                "liveness_probe": {
+                    **health,
+                    "period_seconds": 30,
+                    "initial_delay_seconds": 30,
+                    "failure_threshold": 3,
                 },
             },
+            replicas=1,
             opts=opts,
         )

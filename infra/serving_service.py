@@ -6,20 +6,23 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra import iam
+from infra.feast_service import FeatureStoreAccess
 from infra.k8s import (
-    cpu_pool_selector,
+    ClusterAccess,
+    app_labels,
+    app_secret,
+    cpu_autoscaler,
+    hardened_deployment,
     http_service,
     irsa_service_account,
-    pod_security_context,
     resources,
-    restricted_security_context,
 )
 
 APP = "serving"
 PORT = 8000  # MLRE_SERVING_PORT; set explicitly below so the image default cannot drift
 UID = 10001  # the flows image's USER (Dockerfile)
 HOME = "/tmp/mlre"  # MLRE_HOME: the emptyDir; downloaded models and temp files only
-# Key prefix of the prediction log in its bucket: mlre.inference.predictions_dir writes
+# Key prefix of the prediction log in its bucket: mlre.prediction_log.predictions_dir writes
 # `<MLRE_PREDICTION_LOG_URI>/predictions/<model>/part-*.parquet`; the role may write there and
 # nowhere else.
 PREDICTION_PREFIX = "predictions"
@@ -30,11 +33,6 @@ SCRAPE_ANNOTATIONS = {
     "prometheus.io/port": str(PORT),
     "prometheus.io/path": "/metrics",
 }
-
-
-def in_cluster_url(service: str, namespace: str) -> str:
-    """URL of a port-80 ClusterIP Service from inside the cluster."""
-    return f"http://{service}.{namespace}.svc.cluster.local"
 
 
 def prediction_log_uri(bucket_arn: str, region: str) -> str:
@@ -106,130 +104,99 @@ class ServingService(pulumi.ComponentResource):
         cpu_request: str,
         memory: str,
         public: bool,
-        region: str,
+        store: FeatureStoreAccess,
         mlflow_uri: pulumi.Input[str],
         mlflow_password: pulumi.Input[str],
-        lake_bucket: pulumi.Input[str],
-        readable_bucket_arns: list[pulumi.Input[str]],
         prediction_log_bucket_arn: pulumi.Input[str],
         kms_key_arn: pulumi.Input[str],
-        registry_url: pulumi.Input[str],
-        redis_connection: pulumi.Input[str],
-        oidc_provider_arn: pulumi.Input[str],
-        oidc_issuer_url: pulumi.Input[str],
-        provider: k8s.Provider,
+        access: ClusterAccess,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("mlre:infra:ServingService", name, None, opts)
-        k8s_opts = pulumi.ResourceOptions(parent=self, provider=provider)
-        policy = pulumi.Output.all(prediction_log_bucket_arn, kms_key_arn, *readable_bucket_arns)
+        k8s_opts = access.child_opts(self)
+        policy = pulumi.Output.all(
+            prediction_log_bucket_arn, kms_key_arn, *store.readable_bucket_arns
+        )
         self.role = irsa_service_account(
             name,
+            access,
             service_account=APP,
             namespace=namespace,
             policy=policy.apply(lambda a: serving_policy(a[2:], a[0], a[1])),
-            oidc_provider_arn=oidc_provider_arn,
-            oidc_issuer_url=oidc_issuer_url,
             parent=self,
-            provider=provider,
         )
-        secret = k8s.core.v1.Secret(
-            f"{name}-secret",
-            metadata={"name": f"{APP}-secrets", "namespace": namespace},
+        secret_name = app_secret(
+            name,
+            app=APP,
+            namespace=namespace,
             string_data={
-                "MLRE_REGISTRY_URI": registry_url,
-                "MLRE_REDIS_CONNECTION_STRING": redis_connection,
+                "MLRE_REGISTRY_URI": store.registry_url,
+                "MLRE_REDIS_CONNECTION_STRING": store.redis_connection,
                 "MLFLOW_TRACKING_PASSWORD": mlflow_password,
             },
             opts=k8s_opts,
         )
-        labels = {"app.kubernetes.io/name": APP}
+        labels = app_labels(APP)
         # Where every replica writes its prediction log, and the flows read it (stack output).
         self.prediction_log_uri: pulumi.Output[str] = pulumi.Output.from_input(
             prediction_log_bucket_arn
-        ).apply(lambda arn: prediction_log_uri(arn, region))
-        secret_name = secret.metadata.apply(lambda m: m["name"])
+        ).apply(lambda arn: prediction_log_uri(arn, store.region))
         env = {
             "MLRE_HOST": "0.0.0.0",  # settings.host defaults to 127.0.0.1: unreachable in a pod
             "MLRE_SERVING_PORT": str(PORT),
             "MLRE_HOME": HOME,
             "MLRE_STORE_PROFILE": "production",
             "MLRE_MLFLOW_URI": mlflow_uri,
-            "MLRE_OFFLINE_URI": pulumi.Output.concat("s3://", lake_bucket),
+            "MLRE_OFFLINE_URI": pulumi.Output.concat("s3://", store.lake_bucket),
             "MLRE_PREDICTION_LOG_URI": self.prediction_log_uri,
             "MLFLOW_TRACKING_USERNAME": MLFLOW_USER,
-            "AWS_REGION": region,
-            "HOME": "/tmp",
+            "AWS_REGION": store.region,
         }
-        k8s.apps.v1.Deployment(
+        hardened_deployment(
             f"{name}-deployment",
-            metadata={"name": APP, "namespace": namespace, "labels": labels},
-            spec={
-                # No fixed replicas: the HPA owns the count. Surge, never drop below the count.
-                "selector": {"match_labels": labels},
-                "strategy": {
-                    "type": "RollingUpdate",
-                    "rolling_update": {"max_surge": 1, "max_unavailable": 0},
-                },
-                "template": {
-                    "metadata": {"labels": labels, "annotations": SCRAPE_ANNOTATIONS},
-                    "spec": {
-                        "service_account_name": APP,
-                        # IRSA injects its own projected token; the app never calls the API.
-                        "automount_service_account_token": False,
-                        "node_selector": cpu_pool_selector(),
-                        "security_context": pod_security_context(UID),
-                        "termination_grace_period_seconds": GRACE_S,
-                        "topology_spread_constraints": [
-                            {
-                                "max_skew": 1,
-                                "topology_key": "topology.kubernetes.io/zone",
-                                "when_unsatisfiable": "ScheduleAnyway",
-                                "label_selector": {"match_labels": labels},
-                            }
-                        ],
-                        "containers": [
-                            {
-                                "name": APP,
-                                "image": image,
-                                "command": ["python", "-m", "serving"],
-                                "ports": [{"name": "http", "container_port": PORT}],
-                                "env_from": [{"secret_ref": {"name": secret_name}}],
-                                "env": [{"name": k, "value": v} for k, v in env.items()],
-                                "resources": resources(cpu_request, memory),
-                                "security_context": restricted_security_context(),
-                                "volume_mounts": [{"name": "tmp", "mount_path": "/tmp"}],
-                                # Endpoints drop the pod before uvicorn stops accepting requests.
-                                "lifecycle": {"pre_stop": {"sleep": {"seconds": 5}}},
-                                **serving_probes(),
-                            }
-                        ],
-                        "volumes": [{"name": "tmp", "empty_dir": {"size_limit": "2Gi"}}],
-                    },
-                },
+            app=APP,
+            namespace=namespace,
+            uid=UID,
+            image=image,
+            command=["python", "-m", "serving"],
+            port=PORT,
+            env_from_secret=secret_name,
+            env=[{"name": k, "value": v} for k, v in env.items()],
+            resources=resources(cpu_request, memory),
+            probes=serving_probes(),
+            tmp_size_limit="2Gi",
+            # Endpoints drop the pod before uvicorn stops accepting requests.
+            lifecycle={"pre_stop": {"sleep": {"seconds": 5}}},
+            # No fixed replicas: the HPA owns the count. Surge, never drop below the count.
+            strategy={
+                "type": "RollingUpdate",
+                "rolling_update": {"max_surge": 1, "max_unavailable": 0},
             },
-            opts=k8s_opts,
-        )
-        service = http_service(
-            name, app=APP, namespace=namespace, labels=labels, public=public, opts=k8s_opts
-        )
-        k8s.autoscaling.v2.HorizontalPodAutoscaler(
-            f"{name}-hpa",
-            metadata={"name": APP, "namespace": namespace, "labels": labels},
-            spec={
-                "scale_target_ref": {"api_version": "apps/v1", "kind": "Deployment", "name": APP},
-                "min_replicas": min_replicas,
-                "max_replicas": max_replicas,
-                "metrics": [
+            pod_annotations=SCRAPE_ANNOTATIONS,
+            pod_fields={
+                # IRSA injects its own projected token; the app never calls the API.
+                "automount_service_account_token": False,
+                "termination_grace_period_seconds": GRACE_S,
+                "topology_spread_constraints": [
                     {
-                        "type": "Resource",
-                        "resource": {
-                            "name": "cpu",
-                            "target": {"type": "Utilization", "average_utilization": cpu_target},
-                        },
+                        "max_skew": 1,
+                        "topology_key": "topology.kubernetes.io/zone",
+                        "when_unsatisfiable": "ScheduleAnyway",
+                        "label_selector": {"match_labels": labels},
                     }
                 ],
             },
+            opts=k8s_opts,
+        )
+        self.url = http_service(name, app=APP, namespace=namespace, public=public, opts=k8s_opts)
+        cpu_autoscaler(
+            name,
+            app=APP,
+            namespace=namespace,
+            labels=labels,
+            min_replicas=min_replicas,
+            max_replicas=max_replicas,
+            cpu_target=cpu_target,
             opts=k8s_opts,
         )
         k8s.policy.v1.PodDisruptionBudget(
@@ -243,11 +210,6 @@ class ServingService(pulumi.ComponentResource):
             },
             opts=k8s_opts,
         )
-        self.url: pulumi.Output[str] = pulumi.Output.from_input(in_cluster_url(APP, namespace))
-        if public:
-            self.url = service.status.apply(
-                lambda s: f"http://{s.load_balancer.ingress[0].hostname}"
-            )
         self.register_outputs(
             {
                 "url": self.url,

@@ -10,14 +10,14 @@ from infra.cache import Cache
 from infra.cluster import Cluster
 from infra.config import StackConfig
 from infra.database import Database
-from infra.feast_service import FeastService
-from infra.k8s import namespace
+from infra.feast_service import FeastService, FeatureStoreAccess
+from infra.k8s import ClusterAccess, in_cluster_url, namespace
 from infra.mlflow_service import APP as MLFLOW_APP
 from infra.mlflow_service import MlflowService
-from infra.network import Network
-from infra.node_pools import CpuNodePool, GpuNodePool
+from infra.network import DataPlacement, Network
+from infra.node_pools import CpuNodePool, GpuNodePool, NodeTarget
 from infra.prefect_worker import PrefectWorkers
-from infra.serving_service import ServingService, in_cluster_url
+from infra.serving_service import ServingService
 from infra.storage import Storage
 from mlre import k8s_labels
 
@@ -27,31 +27,31 @@ def build(cfg: StackConfig) -> dict[str, pulumi.Input[object]]:
     p = cfg.prefix
     net = Network(f"{p}-network", cfg.network, cluster_name=p)
     cluster = Cluster(p, cfg.cluster, region=cfg.region, subnet_ids=net.private_subnet_ids)
-    node_args = {
-        "cluster_name": cluster.name,
-        "node_role_arn": cluster.node_role.arn,
-        "subnet_ids": net.private_subnet_ids,
-    }
+    nodes = NodeTarget(cluster.name, cluster.node_role.arn, net.private_subnet_ids)
     system = CpuNodePool(
         f"{p}-system-pool",
+        nodes,
         instance_types=cfg.cluster.system_instance_types,
         min_size=cfg.cluster.system_min_size,
         max_size=cfg.cluster.system_max_size,
         volume_gb=cfg.cluster.system_volume_gb,
-        **node_args,
     )
     gpu_pools = [
-        GpuNodePool(f"{p}-gpu-{pool.name}", pool, volume_gb=cfg.cluster.gpu_volume_gb, **node_args)
+        GpuNodePool(f"{p}-gpu-{pool.name}", pool, nodes, volume_gb=cfg.cluster.gpu_volume_gb)
         for pool in cfg.cluster.gpu_pools
     ]
     provider = cluster.k8s_provider
+    access = ClusterAccess(
+        provider=provider,
+        oidc_provider_arn=cluster.oidc_provider.arn,
+        oidc_issuer_url=cluster.oidc_issuer_url,
+    )
     ClusterAddons(
         f"{p}-addons",
         cluster_name=cluster.name,
         region=cfg.region,
         kubernetes_version=cfg.cluster.kubernetes_version,
-        oidc_provider_arn=cluster.oidc_provider.arn,
-        oidc_issuer_url=cluster.oidc_issuer_url,
+        access=access,
         asg_names=[system.asg_name] + [pool.asg_name for pool in gpu_pools],
         node_group_arns=[system.node_group.arn] + [pool.node_group.arn for pool in gpu_pools],
         chart_versions={
@@ -59,78 +59,66 @@ def build(cfg: StackConfig) -> dict[str, pulumi.Input[object]]:
             "nvidia-device-plugin": cfg.cluster.nvidia_device_plugin_chart_version,
             "dcgm-exporter": cfg.cluster.dcgm_exporter_chart_version,
         },
-        provider=provider,
         opts=pulumi.ResourceOptions(depends_on=[system]),
     )
     storage = Storage(f"{p}-storage", cfg.data)
-    data_args = {
-        "vpc_id": net.vpc_id,
-        "subnet_ids": net.private_subnet_ids,
-        "client_security_group_id": cluster.security_group_id,
-    }
-    db = Database(f"{p}-db", cfg.data, **data_args)
-    cache = Cache(f"{p}-redis", cfg.data, **data_args)
+    data_at = DataPlacement(net.vpc_id, net.private_subnet_ids, cluster.security_group_id)
+    db = Database(f"{p}-db", cfg.data, data_at)
+    cache = Cache(f"{p}-redis", cfg.data, data_at)
 
     svc = cfg.services
     platform_ns = namespace(svc.platform_namespace, provider, cluster)
     flows_ns = namespace(k8s_labels.FLOWS_NAMESPACE, provider, cluster, level="baseline")
     after_ns = pulumi.ResourceOptions(depends_on=[platform_ns, system])
-    irsa = {
-        "oidc_provider_arn": cluster.oidc_provider.arn,
-        "oidc_issuer_url": cluster.oidc_issuer_url,
-        "provider": provider,
-        "kms_key_arn": storage.kms_key.arn,
+    irsa = {"access": access, "kms_key_arn": storage.kms_key.arn}
+    # What MLflow, Feast and the prediction service share: their namespace, exposure, IRSA.
+    platform = {
+        "namespace": svc.platform_namespace,
+        "public": svc.expose_services_publicly,
+        "opts": after_ns,
+        **irsa,
     }
     buckets = storage.buckets
-    mlflow = MlflowService(
-        f"{p}-mlflow",
-        namespace=svc.platform_namespace,
-        image=svc.mlflow_image,
-        replicas=svc.mlflow_replicas,
-        public=svc.expose_services_publicly,
-        artifact_bucket=buckets["mlflow-artifacts"].name,
-        artifact_bucket_arn=buckets["mlflow-artifacts"].arn,
-        backend_uri=db.url("psycopg2"),
-        opts=after_ns,
-        **irsa,
-    )
-    feast = FeastService(
-        f"{p}-feast",
-        namespace=svc.platform_namespace,
-        image=svc.feast_image,
-        project=svc.feast_project,
-        min_replicas=svc.feast_min_replicas,
-        max_replicas=svc.feast_max_replicas,
-        public=svc.expose_services_publicly,
+    # The feature server and the prediction service read the same registry, Redis and lake.
+    store = FeatureStoreAccess(
         region=cfg.region,
         lake_bucket=buckets["feature-lake"].name,
         readable_bucket_arns=[buckets["feature-lake"].arn, buckets["feast-registry"].arn],
         registry_url=db.url("psycopg"),
         redis_connection=cache.feast_connection(),
-        opts=after_ns,
-        **irsa,
+    )
+    mlflow = MlflowService(
+        f"{p}-mlflow",
+        image=svc.mlflow_image,
+        replicas=svc.mlflow_replicas,
+        artifact_bucket=buckets["mlflow-artifacts"].name,
+        artifact_bucket_arn=buckets["mlflow-artifacts"].arn,
+        backend_uri=db.url("psycopg2"),
+        **platform,
+    )
+    feast = FeastService(
+        f"{p}-feast",
+        image=svc.feast_image,
+        project=svc.feast_project,
+        min_replicas=svc.feast_min_replicas,
+        max_replicas=svc.feast_max_replicas,
+        store=store,
+        **platform,
     )
     serving = ServingService(
         f"{p}-serving",
-        namespace=svc.platform_namespace,
         image=svc.serving_image,
         min_replicas=svc.serving_min_replicas,
         max_replicas=svc.serving_max_replicas,
         cpu_target=svc.serving_cpu_target,
         cpu_request=svc.serving_cpu_request,
         memory=svc.serving_memory,
-        public=svc.expose_services_publicly,
-        region=cfg.region,
+        store=store,
         # In-cluster even when MLflow is public: model downloads stay off the load balancer.
         mlflow_uri=in_cluster_url(MLFLOW_APP, svc.platform_namespace),
         mlflow_password=mlflow.admin_password.result,
-        lake_bucket=buckets["feature-lake"].name,
-        readable_bucket_arns=[buckets["feature-lake"].arn, buckets["feast-registry"].arn],
         prediction_log_bucket_arn=buckets["prediction-log"].arn,
-        registry_url=db.url("psycopg"),
-        redis_connection=cache.feast_connection(),
-        opts=after_ns,
-        **irsa,
+        **platform,
     )
     workers = PrefectWorkers(
         f"{p}-prefect",

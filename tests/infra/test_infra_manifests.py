@@ -2,43 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import kubernetes_validate
 import pytest
 
 from mlre import k8s_labels
-from tests.infra.infra_harness import Run, manifests, run_stack
+from tests.infra.infra_harness import Run, manifests
 
 pytestmark = pytest.mark.infra
 
 K8S_VERSION = "1.33"
-_RUNS: dict[str, Run] = {}
-
-
-def _run(stack: str) -> Run:
-    """Module-level cache so parametrisation can see the manifests at collection time."""
-    if stack not in _RUNS:
-        _RUNS[stack] = run_stack(stack)
-    return _RUNS[stack]
-
-
-def _cases() -> list[Any]:
-    cases = []
-    for stack in ("dev", "prod"):
-        for manifest in manifests(_run(stack)):
-            ident = f"{stack}-{manifest['kind']}-{manifest['metadata']['name']}"
-            cases.append(pytest.param(manifest, id=ident))
-    return cases
 
 
 def _deployments(run: Run) -> list[dict]:
     return [m for m in manifests(run) if m["kind"] == "Deployment"]
 
 
-@pytest.mark.parametrize("manifest", _cases())
-def test_manifest_is_valid_kubernetes(manifest: dict) -> None:
-    kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+def test_manifest_is_valid_kubernetes(stack_run: Run, subtests: pytest.Subtests) -> None:
+    # The stacks run in a session fixture, never at collection, so the manifests cannot be
+    # parametrize cases: each is a subtest instead, and a failure names its manifest.
+    declared = manifests(stack_run)
+    assert declared, "the program declared no Kubernetes objects"
+    for manifest in declared:
+        with subtests.test(msg=f"{manifest['kind']}-{manifest['metadata']['name']}"):
+            kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
 
 
 def test_schema_check_can_fail() -> None:
@@ -48,8 +34,8 @@ def test_schema_check_can_fail() -> None:
         kubernetes_validate.validate(bad, K8S_VERSION, strict=True)
 
 
-def test_expected_objects_exist() -> None:
-    kinds = {(m["kind"], m["metadata"]["name"]) for m in manifests(_run("dev"))}
+def test_expected_objects_exist(stack_runs: dict[str, Run]) -> None:
+    kinds = {(m["kind"], m["metadata"]["name"]) for m in manifests(stack_runs["dev"])}
     assert {
         ("Namespace", "mlre-platform"),
         ("Namespace", k8s_labels.FLOWS_NAMESPACE),
@@ -67,9 +53,8 @@ def test_expected_objects_exist() -> None:
     } <= kinds
 
 
-@pytest.mark.parametrize("stack", ["dev", "prod"])
-def test_deployments_are_non_root_probed_and_sized(stack: str) -> None:
-    deployments = _deployments(_run(stack))
+def test_deployments_are_non_root_probed_and_sized(stack_run: Run) -> None:
+    deployments = _deployments(stack_run)
     assert len(deployments) == 5
     for deployment in deployments:
         pod = deployment["spec"]["template"]["spec"]
@@ -84,8 +69,8 @@ def test_deployments_are_non_root_probed_and_sized(stack: str) -> None:
             assert container["readinessProbe"]
 
 
-def test_mlflow_runs_basic_auth_with_secrets_from_env() -> None:
-    (mlflow,) = [d for d in _deployments(_run("dev")) if d["metadata"]["name"] == "mlflow"]
+def test_mlflow_runs_basic_auth_with_secrets_from_env(stack_runs: dict[str, Run]) -> None:
+    (mlflow,) = [d for d in _deployments(stack_runs["dev"]) if d["metadata"]["name"] == "mlflow"]
     container = mlflow["spec"]["template"]["spec"]["containers"][0]
     assert "--app-name=basic-auth" in container["args"]
     assert any(a.startswith("--artifacts-destination=s3://") for a in container["args"])
@@ -95,30 +80,30 @@ def test_mlflow_runs_basic_auth_with_secrets_from_env() -> None:
     assert "secretKeyRef" in env["MLFLOW_AUTH_ADMIN_PASSWORD"]["valueFrom"]
 
 
-def test_feast_config_is_production_shaped_without_secrets() -> None:
-    (config,) = [m for m in manifests(_run("dev")) if m["kind"] == "ConfigMap"]
+def test_feast_config_is_production_shaped_without_secrets(stack_runs: dict[str, Run]) -> None:
+    (config,) = [m for m in manifests(stack_runs["dev"]) if m["kind"] == "ConfigMap"]
     text = config["data"]["feature_store.yaml"]
     assert "registry_type: sql" in text
     assert "type: redis" in text
     assert "${FEAST_REDIS_CONNECTION}" in text
     assert "password" not in text
-    (secret,) = [m for m in manifests(_run("dev"))
+    (secret,) = [m for m in manifests(stack_runs["dev"])
                  if m["kind"] == "Secret" and m["metadata"]["name"] == "feast-secrets"]  # fmt: skip
     assert secret["stringData"]["FEAST_REDIS_CONNECTION"].endswith("ssl=true,password=" + "p" * 48)
     assert "sslmode=require" in secret["stringData"]["FEAST_REGISTRY_URL"]
 
 
-def test_feast_hpa_targets_the_deployment() -> None:
-    for stack in ("dev", "prod"):
-        (hpa,) = [m for m in manifests(_run(stack)) if m["kind"] == "HorizontalPodAutoscaler"
+def test_feast_hpa_targets_the_deployment(stack_runs: dict[str, Run]) -> None:
+    for run in stack_runs.values():
+        (hpa,) = [m for m in manifests(run) if m["kind"] == "HorizontalPodAutoscaler"
                   and m["metadata"]["name"] == "feast"]  # fmt: skip
         assert hpa["apiVersion"] == "autoscaling/v2"
         assert hpa["spec"]["scaleTargetRef"]["name"] == "feast"
         assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
 
 
-def test_prefect_workers_poll_each_pool_with_a_secret_key() -> None:
-    workers = [d for d in _deployments(_run("dev"))
+def test_prefect_workers_poll_each_pool_with_a_secret_key(stack_runs: dict[str, Run]) -> None:
+    workers = [d for d in _deployments(stack_runs["dev"])
                if d["metadata"]["name"].startswith("prefect-worker")]  # fmt: skip
     pools = set()
     for worker in workers:
@@ -134,8 +119,8 @@ def test_prefect_workers_poll_each_pool_with_a_secret_key() -> None:
     assert pools == {k8s_labels.CPU_WORK_POOL, k8s_labels.GPU_WORK_POOL}
 
 
-def test_worker_rbac_can_run_jobs_but_nothing_cluster_wide() -> None:
-    run = _run("dev")
+def test_worker_rbac_can_run_jobs_but_nothing_cluster_wide(stack_runs: dict[str, Run]) -> None:
+    run = stack_runs["dev"]
     (role,) = [m for m in manifests(run) if m["kind"] == "Role"]
     assert role["metadata"]["namespace"] == k8s_labels.FLOWS_NAMESPACE
     jobs = next(r for r in role["rules"] if r["resources"] == ["jobs"])
@@ -144,7 +129,7 @@ def test_worker_rbac_can_run_jobs_but_nothing_cluster_wide() -> None:
     assert not [m for m in manifests(run) if m["kind"].startswith("Cluster")]
 
 
-def test_flows_service_account_is_irsa_annotated() -> None:
-    (sa,) = [m for m in manifests(_run("dev")) if m["kind"] == "ServiceAccount"
+def test_flows_service_account_is_irsa_annotated(stack_runs: dict[str, Run]) -> None:
+    (sa,) = [m for m in manifests(stack_runs["dev"]) if m["kind"] == "ServiceAccount"
              and m["metadata"]["name"] == k8s_labels.FLOWS_SERVICE_ACCOUNT]  # fmt: skip
     assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam")
