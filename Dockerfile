@@ -47,13 +47,18 @@ RUN groupadd --system --gid 10001 mlre \
         --shell /usr/sbin/nologin mlre
 
 # Runtime state goes under /tmp (an emptyDir in the pod), never into the image's code folder.
+# Telemetry off for `prefect flow-run execute` too: flow pods have no `mlre` entry point to
+# export it (Settings.runtime_env), and tasks never write the process environment.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PYTHONPATH=/opt/mlre \
     MLRE_HOME=/tmp/mlre \
     PREFECT_HOME=/tmp/prefect \
-    MPLCONFIGDIR=/tmp/matplotlib
+    MPLCONFIGDIR=/tmp/matplotlib \
+    DO_NOT_TRACK=1 \
+    MLFLOW_ENABLE_TELEMETRY=false \
+    FEAST_USAGE=False
 # PYTHONPATH: `mlre` resolves to /opt/mlre (next to feature_repo/), not to the venv's copy.
 WORKDIR /opt/mlre
 

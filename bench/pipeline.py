@@ -180,7 +180,7 @@ class PlainRun:
         )
 
     def infer(self) -> None:
-        from mlre import inference
+        from mlre import inference, prediction_log
 
         model, version, service = inference.load_champion(self.uri, self.name)
         end = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -188,7 +188,7 @@ class PlainRun:
         scored = inference.score_frame(
             self.store, model, service, requests, model_name=self.name, model_version=version
         )
-        inference.write_predictions(
+        prediction_log.write_predictions(
             scored, self.settings.prediction_log_root, self.name, run_id="bench"
         )
 
@@ -234,6 +234,7 @@ def warm_imports(kind: str) -> None:
     import mlre.evaluation
     import mlre.features.store
     import mlre.inference
+    import mlre.prediction_log
     import mlre.training  # noqa: F401
 
     if kind != "plain":

@@ -132,7 +132,7 @@ def scrape_counters(port: int, names: Iterable[str]) -> dict[str, dict[str, floa
 
 def logged_rows(settings: Settings, prefix: str) -> dict[str, int]:
     """Prediction-log rows of this run (request ids `<prefix>-...`), and how many are unique."""
-    from mlre.inference import read_predictions
+    from mlre.prediction_log import read_predictions
 
     log = read_predictions(settings.prediction_log_root, settings.model_name)
     ours = log[log["request_id"].astype(str).str.startswith(f"{prefix}-")]

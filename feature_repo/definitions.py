@@ -1,14 +1,14 @@
 """Feast definitions for the card-fraud demo: one entity, two batch views, one request-time view.
 
-Source paths are rooted at MLRE_LAKE_URI (a local folder by default, s3://... in the cloud), the
-one environment value this file reads: Feast evaluates definitions on import, by design.
+Source paths are rooted at the settings' lake (`Settings.lake_uri`: MLRE_OFFLINE_URI, s3://... in
+the cloud, else MLRE_HOME/lake). Feast evaluates definitions on import, by design, so the root is
+asked for once, here: `mlre features apply` passes the settings it runs with, a bare `feast`
+command gets the process's own (mlre.features.store.repo_lake_uri).
 """
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,9 +16,9 @@ from feast import Entity, FeatureService, FeatureView, Field, FileSource, Reques
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64, String
 
-LAKE_URI = os.environ.get("MLRE_LAKE_URI") or str(
-    Path(__file__).resolve().parent.parent / ".mlre" / "lake"
-)
+from mlre.features.store import repo_lake_uri
+
+LAKE_URI = repo_lake_uri()
 
 # A card holder; every behavioural aggregate is keyed by it.
 customer = Entity(

@@ -13,18 +13,18 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from flows._common import mlflow_client, runtime_settings, transient_only
+from flows._common import ModelParams, mlflow_client, server_task
 from flows.locks import prefect_lock
 from mlre import canary, registry
-from mlre.inference import read_predictions
+from mlre.prediction_log import read_predictions
+from mlre.settings import get_settings
 
 
-class CanaryParams(BaseModel):
+class CanaryParams(ModelParams):
     """What to roll out and how carefully; every field shows in the Prefect UI's run form."""
 
-    model_name: str | None = Field(None, description="Registered model (default MLRE_MODEL_NAME).")
     version: str | None = Field(None, description="Version to roll out (default: challenger).")
     steps: list[float] = Field([0.05, 0.25, 0.5], description="Increasing canary shares.")
     metrics_url: str | None = Field(
@@ -53,15 +53,10 @@ def _metrics_url(params: CanaryParams) -> str:
         return params.metrics_url
     from mlre.serving_config import ServingConfig
 
-    return f"http://{runtime_settings().host}:{ServingConfig().port}/metrics"
+    return f"http://{get_settings().host}:{ServingConfig().port}/metrics"
 
 
-@task(
-    name="resolve-canary-version",
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=transient_only,
-)
+@server_task("resolve-canary-version", retries=2, retry_delay_seconds=[2, 10])
 def resolve_version(model_name: str, version: str | None) -> str:
     """The version to roll out; it becomes (or already is) the challenger alias."""
     client = mlflow_client()
@@ -82,12 +77,7 @@ def resolve_version(model_name: str, version: str | None) -> str:
     return mv.version
 
 
-@task(
-    name="set-canary-share",
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=transient_only,
-)
+@server_task("set-canary-share", retries=2, retry_delay_seconds=[2, 10])
 def set_canary_share(model_name: str, share: float) -> None:
     """Publish the share on the registered model; the service's poller picks it up."""
     canary.set_share(mlflow_client(), model_name, share)
@@ -121,7 +111,7 @@ def wait_for_predictions(
     model_name: str, version: str, since: datetime, params: CanaryParams
 ) -> tuple[np.ndarray, np.ndarray]:
     """(champion scores, canary scores) logged since `since`, once both arms have `minimum`."""
-    settings = runtime_settings()
+    settings = get_settings()
     deadline = time.monotonic() + params.step_timeout_s
     while True:
         log = read_predictions(settings.prediction_log_root, model_name, start=since)
@@ -171,12 +161,7 @@ def decide(
     return decision
 
 
-@task(
-    name="roll-back-canary",
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=transient_only,
-)
+@server_task("roll-back-canary", retries=2, retry_delay_seconds=[2, 10])
 def roll_back(model_name: str, version: str, reason: str) -> registry.AuditRecord:
     """Share 0, challenger removed, version tagged, audit record: under the promotion lock."""
     return canary.record_canary_rollback(
@@ -190,9 +175,7 @@ def roll_back(model_name: str, version: str, reason: str) -> registry.AuditRecor
     )
 
 
-@task(
-    name="promote-canary", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=transient_only
-)
+@server_task("promote-canary", retries=2, retry_delay_seconds=[2, 10])
 def promote(model_name: str, version: str, reason: str) -> registry.AuditRecord:
     """Champion <- canary through the same promotion code as the lifecycle; share back to 0."""
     client = mlflow_client()
@@ -224,7 +207,7 @@ def canary_rollout(params: CanaryParams | None = None) -> RolloutResult:
     """Route growing shares to the challenger; promote if every step is healthy, else roll back."""
     params = params or CanaryParams()
     logger = get_run_logger()
-    name = params.model_name or runtime_settings().model_name
+    name = params.model_name or get_settings().model_name
     steps = canary.check_steps(params.steps)
     url = _metrics_url(params)
     version = resolve_version(name, params.version)

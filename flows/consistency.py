@@ -4,23 +4,20 @@ from __future__ import annotations
 
 from typing import Literal
 
-from prefect import flow, task
+from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from flows._common import store_for
+from flows._common import StoreParams, server_task, store_for
 from mlre.errors import ConsistencyError
 from mlre.features import consistency as checks
 from mlre.features.materialize import view_spec
 from mlre.features.store import select_views
 
 
-class ConsistencyParams(BaseModel):
+class ConsistencyParams(StoreParams):
     """Which views to check, how many keys, and how strict."""
 
-    repo_path: str | None = Field(None, description="Feast repo (default: MLRE_FEATURE_REPO).")
-    store_profile: Literal["local", "production"] | None = None
     feature_views: list[str] | None = Field(None, description="Views (default: all).")
     feature_service: str | None = Field(None, description="Or: the views this service reads.")
     sample_size: int = Field(1_000, ge=1, description="Entity keys sampled per view.")
@@ -32,7 +29,7 @@ class ConsistencyParams(BaseModel):
     )
 
 
-@task(cache_policy=NO_CACHE, name="check-view-consistency", retries=2, retry_delay_seconds=[2, 5])
+@server_task("check-view-consistency", retries=2, retry_delay_seconds=[2, 5])
 def check_view(params: ConsistencyParams, view: str) -> checks.ConsistencyReport:
     """Compare one view's online values with its offline values at the watermark."""
     store = store_for(params.repo_path, params.store_profile)

@@ -16,14 +16,22 @@ from prefect.artifacts import (
     create_markdown_artifact,
     create_table_artifact,
 )
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from flows import automations
-from flows._common import mlflow_client, runtime_settings, store_for, transient_only
-from mlre import drift, inference, registry, training
+from flows._common import (
+    LabelParams,
+    ModelParams,
+    StoreParams,
+    mlflow_client,
+    server_task,
+    store_for,
+)
+from mlre import drift, inference, prediction_log, registry, training
 from mlre.data.lake import read_events
 from mlre.features.store import get_feature_service
 from mlre.mlflow_uri import global_tracking_uri
+from mlre.settings import get_settings
 
 REFERENCE_DIR = "reference"
 REFERENCE_FILE = "reference.parquet"
@@ -33,10 +41,10 @@ REPORT_DIR = "drift"
 _KINDS = {"numeric": "numerical", "numerical": "numerical", "categorical": "categorical"}
 
 
-class CheckDriftParams(BaseModel):
-    """Which model version to check, against which window and source."""
+class CheckDriftParams(LabelParams, ModelParams, StoreParams):
+    """Which model version to check, against which window and source (the feature store and
+    the label events, as entity rows, are read only for source=offline)."""
 
-    model_name: str | None = Field(None, description="Registered model (default: MLRE_MODEL_NAME).")
     version: str | None = Field(None, description="Model version (default: the champion).")
     source: Literal["predictions", "offline"] = Field(
         "predictions",
@@ -44,12 +52,10 @@ class CheckDriftParams(BaseModel):
     )
     start: datetime | None = Field(None, description="Window start (default: end - 1 day).")
     end: datetime | None = Field(
-        None, description="Window end, exclusive (default: last UTC midnight)."
+        None, description="Window end, exclusive (default: the last UTC midnight before now)."
     )
-    repo_path: str | None = Field(None, description="Feast repo (source=offline).")
-    store_profile: Literal["local", "production"] | None = None
-    label_source: str = Field(
-        "sources/transactions", description="Entity rows for source=offline, under the lake."
+    now: datetime | None = Field(
+        None, description="The clock for the default window (default: the real clock)."
     )
     config: drift.DriftConfig = Field(default_factory=drift.DriftConfig)
     emit_events: bool = Field(True, description="Emit mlre.model.drift-detected on drift.")
@@ -81,7 +87,8 @@ class DriftOutcome:
 
 def _window(params: CheckDriftParams) -> tuple[datetime, datetime]:
     """[start, end): default the previous full UTC day, the day batch-inference scored."""
-    end = params.end or datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    now = params.now or datetime.now(UTC)
+    end = params.end or now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     return params.start or end - timedelta(days=1), end
 
 
@@ -106,12 +113,10 @@ def parse_schema(raw: dict[str, str], label: str) -> dict[str, drift.ColumnKind]
     return {c: _KINDS[k] for c, k in raw.items() if c != training.PREDICTION_COLUMN}  # type: ignore[misc]
 
 
-@task(
-    name="load-reference", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=transient_only
-)
+@server_task("load-reference", retries=2, retry_delay_seconds=[2, 10])
 def load_reference(model_name: str, version: str | None) -> Reference:
     """Download `reference/` of the version's training run: the sample and its schema."""
-    settings = runtime_settings()
+    settings = get_settings()
     mv = _resolve_version(model_name, version)
     label = f"Model {model_name!r} version {mv.version} (run {mv.run_id})"
     client = mlflow_client()
@@ -139,16 +144,14 @@ def offline_features(params: CheckDriftParams, service: str, events: pd.DataFram
     return store.get_historical_features(entity_df=entity, features=feature_service).to_df()
 
 
-@task(
-    name="load-current", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=transient_only
-)
+@server_task("load-current", retries=2, retry_delay_seconds=[2, 10])
 def load_current(params: CheckDriftParams, reference: Reference) -> pd.DataFrame:
     """The window's rows: the version's predictions, or offline-store features of its events."""
-    settings = runtime_settings()
+    settings = get_settings()
     start, end = _window(params)
     label = f"model {reference.model_name!r} version {reference.version}"
     if params.source == "predictions":
-        frame = inference.read_predictions(
+        frame = prediction_log.read_predictions(
             settings.prediction_log_root, reference.model_name, start, end
         )
         frame = frame[frame["model_version"] == reference.version]
@@ -252,17 +255,12 @@ def verdict_markdown(
     return "\n".join(lines)
 
 
-@task(
-    name="log-drift-report",
-    retries=3,
-    retry_delay_seconds=[2, 5, 15],
-    retry_condition_fn=transient_only,
-)
+@server_task("log-drift-report", retries=3, retry_delay_seconds=[2, 5, 15])
 def log_report(reference: Reference, result: drift.DriftResult, stamp: str) -> str | None:
     """The Evidently HTML under `drift/<stamp>.html` of the version's run; its MLflow UI URL."""
     if result.report is None:
         return None
-    settings = runtime_settings()
+    settings = get_settings()
     client = mlflow_client()
     with tempfile.TemporaryDirectory(prefix="mlre-drift-") as tmp:
         path = drift.save_html(result.report, Path(tmp) / f"{stamp}.html")
@@ -279,7 +277,7 @@ def log_report(reference: Reference, result: drift.DriftResult, stamp: str) -> s
 def check_drift(params: CheckDriftParams | None = None) -> DriftOutcome:
     """Champion's training reference vs the current window: table, verdict, report, event."""
     params = params or CheckDriftParams()
-    model_name = params.model_name or runtime_settings().model_name
+    model_name = params.model_name or get_settings().model_name
     reference = load_reference(model_name, params.version)
     current = load_current(params, reference)
     result, scores = run_checks(reference, current, params)

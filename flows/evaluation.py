@@ -6,33 +6,30 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
 
 import pandas as pd
-from prefect import flow, task
+from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from flows._common import (
+    LabelParams,
+    ModelParams,
+    StoreParams,
     load_model_version,
     mlflow_client,
-    runtime_settings,
+    server_task,
     store_for,
-    transient_only,
 )
 from mlre import evaluation, registry, training
 from mlre.data.lake import check_window, read_events
+from mlre.settings import get_settings
 
 
-class EvaluateParams(BaseModel):
+class EvaluateParams(LabelParams, ModelParams, StoreParams):
     """Which version to judge, on which window, with which thresholds."""
 
-    repo_path: str | None = None
-    store_profile: Literal["local", "production"] | None = None
-    model_name: str | None = Field(None, description="Registered model (default: MLRE_MODEL_NAME).")
     version: str = Field(..., description="The candidate model version.")
-    label_source: str = Field("sources/transactions", description="Label events, under the lake.")
     window_start: datetime = Field(..., description="Held-out window start (inclusive).")
     window_end: datetime = Field(..., description="Held-out window end (inclusive).")
     slice_columns: list[str] = Field(
@@ -58,7 +55,7 @@ def _held_out(
     params: EvaluateParams, tags: dict[str, str]
 ) -> tuple[pd.DataFrame, pd.Series, float]:
     """The shared window's label events joined with this version's own features."""
-    settings = runtime_settings()
+    settings = get_settings()
     config = training.TrainingConfig(feature_service=tags.get("feature_service", "fraud_model_v1"))
     labels = read_events(settings.lake_dir / params.label_source, start=params.window_start)
     labels = labels[labels[config.timestamp_column] <= params.window_end]
@@ -67,13 +64,7 @@ def _held_out(
     return frame, frame[config.label_column].astype(int), float(tags.get("threshold", 0.5))
 
 
-@task(
-    cache_policy=NO_CACHE,
-    name="evaluate-version",
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=transient_only,
-)
+@server_task("evaluate-version", retries=2, retry_delay_seconds=[2, 10])
 def evaluate_version(
     params: EvaluateParams, model_name: str, version: str, *, with_plots: bool = False
 ) -> evaluation.EvaluationResult:
@@ -103,13 +94,7 @@ def evaluate_version(
     return result
 
 
-@task(
-    cache_policy=NO_CACHE,
-    name="record-decision",
-    retries=3,
-    retry_delay_seconds=[2, 5, 15],
-    retry_condition_fn=transient_only,
-)
+@server_task("record-decision", retries=3, retry_delay_seconds=[2, 5, 15])
 def record_decision(model_name: str, version: str, decision: evaluation.GateDecision) -> None:
     """Decision tags on the version; `challenger` alias only when the gate passed."""
     client = mlflow_client()
@@ -132,7 +117,7 @@ def _check_inputs(params: EvaluateParams, model_name: str) -> None:
 @flow(name="evaluate-model", log_prints=True)
 def evaluate_model(params: EvaluateParams) -> GateOutcome:
     """Judge a candidate against the champion; tag the decision, alias passing versions."""
-    model_name = params.model_name or runtime_settings().model_name
+    model_name = params.model_name or get_settings().model_name
     _check_inputs(params, model_name)
     champion = registry.champion_version(mlflow_client(), model_name)
     champion_version = champion.version if champion and champion.version != params.version else None

@@ -3,33 +3,34 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Literal
 
 import pandas as pd
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from flows._common import runtime_settings, store_for, transient_only
-from mlre import inference
+from flows._common import ModelParams, StoreParams, server_task, store_for
+from mlre import inference, prediction_log
 from mlre.data.lake import read_events
+from mlre.settings import get_settings
 
 
-class BatchInferenceParams(BaseModel):
+class BatchInferenceParams(ModelParams, StoreParams):
     """Which window to score, with which model."""
 
-    repo_path: str | None = None
-    store_profile: Literal["local", "production"] | None = None
-    model_name: str | None = Field(None, description="Registered model (default: MLRE_MODEL_NAME).")
     request_source: str = Field(
         "sources/transactions", description="Events to score, under the lake."
     )
     start: datetime | None = Field(None, description="Window start (default: end - 1 day).")
     end: datetime | None = Field(
-        None, description="Window end, exclusive (default: last UTC midnight)."
+        None, description="Window end, exclusive (default: the last UTC midnight before now)."
     )
+    now: datetime | None = Field(
+        None, description="The clock: default window end, predicted_at, log partition day "
+        "(default: the real clock; tests pass a fixed instant).",
+    )  # fmt: skip
     drop_columns: list[str] = Field(
         default_factory=lambda: ["is_fraud"],
         description="Columns never sent to the model (labels).",
@@ -39,47 +40,38 @@ class BatchInferenceParams(BaseModel):
 @task(cache_policy=NO_CACHE, name="load-requests")
 def load_requests(params: BatchInferenceParams) -> pd.DataFrame:
     """The events of the window, without their labels."""
-    settings = runtime_settings()
+    settings = get_settings()
     # Default: the previous full UTC day, what a daily batch job scores.
-    end = params.end or datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    now = params.now or datetime.now(UTC)
+    end = params.end or now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     start = params.start or end - timedelta(days=1)
     events = read_events(settings.lake_dir / params.request_source, start=start, end=end)
     return events.drop(columns=[c for c in params.drop_columns if c in events.columns])
 
 
-@task(
-    cache_policy=NO_CACHE,
-    name="score-window",
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=transient_only,
-)
+@server_task("score-window", retries=2, retry_delay_seconds=[2, 10])
 def score_window(params: BatchInferenceParams, requests: pd.DataFrame) -> pd.DataFrame:
     """Champion scores for every request, with point-in-time Feast features."""
-    settings = runtime_settings()
+    settings = get_settings()
     model_name = params.model_name or settings.model_name
     model, version, service = inference.load_champion(settings.mlflow_tracking_uri, model_name)
     store = store_for(params.repo_path, params.store_profile)
     return inference.score_frame(
-        store, model, service, requests, model_name=model_name, model_version=version
-    )
+        store, model, service, requests, model_name=model_name, model_version=version,
+        predicted_at=params.now,
+    )  # fmt: skip
 
 
-@task(
-    cache_policy=NO_CACHE,
-    name="write-prediction-log",
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=transient_only,
-)
+@server_task("write-prediction-log", retries=2, retry_delay_seconds=[2, 10])
 def write_log(params: BatchInferenceParams, predictions: pd.DataFrame) -> str:
     """Append one partition to the prediction log (local lake or MLRE_PREDICTION_LOG_URI)."""
-    settings = runtime_settings()
-    path = inference.write_predictions(
+    settings = get_settings()
+    path = prediction_log.write_predictions(
         predictions,
         settings.prediction_log_root,
         params.model_name or settings.model_name,
         run_id=str(flow_run.get_id() or "local"),
+        now=params.now,
     )
     return str(path)
 

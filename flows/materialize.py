@@ -9,19 +9,18 @@ from prefect import flow, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from flows._common import runtime_settings, store_for, transient_only
+from flows._common import StoreParams, server_task, store_for
 from mlre.features import materialize as engine
 from mlre.features.sources import validate_view_source
 from mlre.features.store import apply_repo, select_views
+from mlre.settings import get_settings
 
 
-class MaterializeParams(BaseModel):
+class MaterializeParams(StoreParams):
     """What to materialize and how; every field shows up in the Prefect UI's run form."""
 
-    repo_path: str | None = Field(None, description="Feast repo (default: MLRE_FEATURE_REPO).")
-    store_profile: Literal["local", "production"] | None = Field(None, description="Profile.")
     feature_views: list[str] | None = Field(None, description="Views to write (default: all).")
     feature_service: str | None = Field(None, description="Or: the views this service reads.")
     mode: Literal["incremental", "backfill"] = "incremental"
@@ -32,17 +31,11 @@ class MaterializeParams(BaseModel):
     validate_sources: bool = Field(True, description="Validate source files before reading.")
 
 
-@task(
-    cache_policy=NO_CACHE,
-    name="apply-feature-repo",
-    retries=2,
-    retry_delay_seconds=[2, 5],
-    # A bad repo path or profile is the user's to fix: retrying it only delays the error.
-    retry_condition_fn=transient_only,
-)
+# A bad repo path or profile is the user's to fix: server_task retries only transient failures.
+@server_task("apply-feature-repo", retries=2, retry_delay_seconds=[2, 5])
 def apply_feature_repo(repo_path: str | None, store_profile: str | None) -> dict[str, list[str]]:
     """Sync the Feast registry with the repo's definitions."""
-    settings = runtime_settings()
+    settings = get_settings()
     store = store_for(repo_path, store_profile)
     summary = apply_repo(store, store.config.repo_path or settings.feature_repo, settings)
     return {"feature_views": summary.feature_views, "feature_services": summary.feature_services}
@@ -77,9 +70,7 @@ def plan_window(
     return None if window is None else (window, params.partitions)
 
 
-@task(
-    cache_policy=NO_CACHE, name="materialize-partition", retries=3, retry_delay_seconds=[2, 5, 15]
-)
+@server_task("materialize-partition", retries=3, retry_delay_seconds=[2, 5, 15])
 def materialize_partition(
     repo_path: str | None,
     store_profile: str | None,
@@ -91,7 +82,7 @@ def materialize_partition(
     memory_limit_mb: int,
 ) -> engine.PartitionResult:
     """Write the newest row of every key in one hash partition (idempotent)."""
-    settings = runtime_settings()
+    settings = get_settings()
     store = store_for(repo_path, store_profile)
     return engine.materialize_partition(
         store,
@@ -104,7 +95,7 @@ def materialize_partition(
     )
 
 
-@task(cache_policy=NO_CACHE, name="record-interval", retries=2, retry_delay_seconds=[2, 5])
+@server_task("record-interval", retries=2, retry_delay_seconds=[2, 5])
 def record_interval(
     repo_path: str | None, store_profile: str | None, view: str, window: engine.Window
 ) -> None:

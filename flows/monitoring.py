@@ -10,25 +10,27 @@ from typing import Any
 import pandas as pd
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from flows import automations
-from flows._common import mlflow_client, runtime_settings, transient_only
-from mlre import inference, monitoring, registry
+from flows._common import LabelParams, ModelParams, mlflow_client, server_task
+from mlre import monitoring, prediction_log, registry
 from mlre.data.lake import read_events
+from mlre.settings import get_settings
 
 
-class MonitorParams(BaseModel):
+class MonitorParams(LabelParams, ModelParams):
     """Which version to judge, on which window of labelled predictions."""
 
-    model_name: str | None = Field(None, description="Registered model (default: MLRE_MODEL_NAME).")
     version: str | None = Field(None, description="Model version (default: the champion).")
     start: datetime | None = Field(None, description="Window start (default: end - lookback).")
     end: datetime | None = Field(
-        None, description="Window end, exclusive (default: last UTC midnight)."
+        None, description="Window end, exclusive (default: the last UTC midnight before now)."
+    )
+    now: datetime | None = Field(
+        None, description="The clock for the default window (default: the real clock)."
     )
     lookback_days: int = Field(7, ge=1, description="Days judged when start is not given.")
-    label_source: str = Field("sources/transactions", description="Label events, under the lake.")
     join_keys: list[str] = Field(
         default_factory=lambda: ["customer_id", "event_timestamp"],
         description="Columns matching a prediction to its label event.",
@@ -51,13 +53,12 @@ class MonitorOutcome:
 
 def _window(params: MonitorParams) -> tuple[datetime, datetime]:
     """[start, end): default the `lookback_days` full UTC days before today."""
-    end = params.end or datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    now = params.now or datetime.now(UTC)
+    end = params.end or now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     return params.start or end - timedelta(days=params.lookback_days), end
 
 
-@task(
-    name="load-baseline", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=transient_only
-)
+@server_task("load-baseline", retries=2, retry_delay_seconds=[2, 10])
 def load_baseline(model_name: str, version: str | None) -> tuple[str, monitoring.Baseline]:
     """(version, evaluation-time metrics): the champion unless a version is given."""
     client = mlflow_client()
@@ -79,9 +80,11 @@ def load_baseline(model_name: str, version: str | None) -> tuple[str, monitoring
 @task(name="join-labels")
 def labelled_predictions(params: MonitorParams, model_name: str, version: str) -> pd.DataFrame:
     """The version's predictions of the window that have a label by now."""
-    settings = runtime_settings()
+    settings = get_settings()
     start, end = _window(params)
-    predictions = inference.read_predictions(settings.prediction_log_root, model_name, start, end)
+    predictions = prediction_log.read_predictions(
+        settings.prediction_log_root, model_name, start, end
+    )
     predictions = predictions[predictions["model_version"] == version]
     if predictions.empty:
         raise monitoring.MonitoringError(
@@ -143,7 +146,7 @@ def decision_markdown(outcome: MonitorOutcome, window: tuple[datetime, datetime]
 def monitor_performance(params: MonitorParams | None = None) -> MonitorOutcome:
     """Per-window metrics of the champion on labelled predictions vs its evaluation baseline."""
     params = params or MonitorParams()
-    model_name = params.model_name or runtime_settings().model_name
+    model_name = params.model_name or get_settings().model_name
     version, baseline = load_baseline(model_name, params.version)
     joined = labelled_predictions(params, model_name, version)
     start, end = _window(params)

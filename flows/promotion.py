@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from prefect import flow, task
+from prefect import flow
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from flows._common import mlflow_client, runtime_settings, transient_only
+from flows._common import mlflow_client, server_task
 from flows.locks import prefect_lock
 from mlre import registry
+from mlre.settings import get_settings
 
 
 def _audit_markdown(title: str, record: registry.AuditRecord) -> str:
@@ -25,13 +25,7 @@ def _audit_markdown(title: str, record: registry.AuditRecord) -> str:
     )
 
 
-@task(
-    cache_policy=NO_CACHE,
-    name="move-champion-alias",
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=transient_only,
-)
+@server_task("move-champion-alias", retries=2, retry_delay_seconds=[2, 10])
 def move_champion(
     model_name: str, version: str | None, reason: str, force: bool
 ) -> registry.AuditRecord:
@@ -66,7 +60,7 @@ def promote_model(
     force: bool = False,
 ) -> registry.AuditRecord:
     """Move `champion` to the challenger (or a given version); keep the old as previous."""
-    name = model_name or runtime_settings().model_name
+    name = model_name or get_settings().model_name
     record = move_champion(name, version, reason, force)
     create_markdown_artifact(
         key="promotion", markdown=_audit_markdown(f"{name}: promotion", record)
@@ -74,13 +68,7 @@ def promote_model(
     return record
 
 
-@task(
-    cache_policy=NO_CACHE,
-    name="restore-previous-champion",
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=transient_only,
-)
+@server_task("restore-previous-champion", retries=2, retry_delay_seconds=[2, 10])
 def restore_previous(model_name: str, reason: str) -> registry.AuditRecord:
     """Roll the champion back to previous-champion while holding the promotion lock."""
     return registry.rollback(
@@ -98,7 +86,7 @@ def rollback_model(
     model_name: str | None = None, reason: str = "manual rollback"
 ) -> registry.AuditRecord:
     """Restore the previous champion and record why."""
-    name = model_name or runtime_settings().model_name
+    name = model_name or get_settings().model_name
     record = restore_previous(name, reason)
     create_markdown_artifact(key="rollback", markdown=_audit_markdown(f"{name}: rollback", record))
     return record

@@ -10,20 +10,17 @@ import pandas as pd
 from prefect import flow, task
 from prefect.artifacts import create_link_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from flows._common import runtime_settings, store_for, transient_only
+from flows._common import LabelParams, ModelParams, StoreParams, server_task, store_for
 from mlre import training
 from mlre.data.lake import read_events
+from mlre.settings import get_settings
 
 
-class TrainParams(BaseModel):
+class TrainParams(LabelParams, ModelParams, StoreParams):
     """What to train, on which labels and features; shown as a form in the Prefect UI."""
 
-    repo_path: str | None = Field(None, description="Feast repo (default: MLRE_FEATURE_REPO).")
-    store_profile: Literal["local", "production"] | None = None
-    model_name: str | None = Field(None, description="Registered model (default: MLRE_MODEL_NAME).")
-    label_source: str = Field("sources/transactions", description="Label events, under the lake.")
     feature_service: str = "fraud_model_v1"
     model_family: Literal["logistic_regression", "hist_gradient_boosting", "random_forest"] = (
         "hist_gradient_boosting"
@@ -61,17 +58,11 @@ class TrainOutcome:
 @task(cache_policy=NO_CACHE, name="load-labels")
 def load_labels(label_source: str, start: datetime | None, end: datetime | None) -> pd.DataFrame:
     """Label events from the lake (bad data fails here, with no retry)."""
-    settings = runtime_settings()
+    settings = get_settings()
     return read_events(settings.lake_dir / label_source, start=start, end=end)
 
 
-@task(
-    cache_policy=NO_CACHE,
-    name="build-training-set",
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=transient_only,
-)
+@server_task("build-training-set", retries=2, retry_delay_seconds=[2, 10])
 def build_training_set(params: TrainParams, labels: pd.DataFrame) -> training.TrainingSet:
     """Point-in-time features for every label event; dropped rows are counted."""
     store = store_for(params.repo_path, params.store_profile)
@@ -88,13 +79,7 @@ def fit_model(
     return split, training.train(split, config)
 
 
-@task(
-    cache_policy=NO_CACHE,
-    name="log-and-register",
-    retries=3,
-    retry_delay_seconds=[2, 5, 15],
-    retry_condition_fn=transient_only,
-)
+@server_task("log-and-register", retries=3, retry_delay_seconds=[2, 5, 15])
 def log_and_register(
     params: TrainParams,
     trained: training.TrainedModel,
@@ -102,7 +87,7 @@ def log_and_register(
     split: training.Split,
 ) -> training.LoggedModel:
     """Log the run to MLflow and register a new model version."""
-    settings = runtime_settings()
+    settings = get_settings()
     store = store_for(params.repo_path, params.store_profile)
     return training.log_training_run(
         trained,
@@ -119,7 +104,7 @@ def log_and_register(
 def train_model(params: TrainParams | None = None) -> TrainOutcome:
     """Train a new model version on point-in-time features and register it in MLflow."""
     params = params or TrainParams()
-    settings = runtime_settings()
+    settings = get_settings()
     labels = load_labels(params.label_source, params.start, params.end)
     training_set = build_training_set(params, labels)
     split, trained = fit_model(params, training_set)

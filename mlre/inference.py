@@ -10,6 +10,7 @@ import logging
 import tempfile
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from mlre.data.generator import TIMESTAMP_COLUMN
 from mlre.errors import InferenceError
 from mlre.features.store import get_feature_service
 from mlre.mlflow_uri import global_tracking_uri
+from mlre.model_files import load_sklearn_model
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +74,7 @@ def _feature_service_of(client: Any, version: Any) -> str:
 
 
 def load_version(tracking_uri: str, model_name: str, version: str) -> Any:
-    """Download one model version into a temp dir and load it into memory."""
+    """Download one model version into a temp dir and load it into memory (skops, no pickle)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -85,7 +87,7 @@ def load_version(tracking_uri: str, model_name: str, version: str) -> Any:
             local = mlflow.artifacts.download_artifacts(
                 artifact_uri=uri, dst_path=tmp, tracking_uri=tracking_uri, registry_uri=tracking_uri
             )
-            return mlflow.sklearn.load_model(local)
+            return load_sklearn_model(Path(local), f"Model {model_name!r} version {version}")
     except MlflowException as exc:
         raise InferenceError(
             f"Could not load {uri} from {tracking_uri}: {exc.message}. Check that the version "

@@ -44,7 +44,8 @@ class Settings(BaseSettings):
         "that misses three (flows.automations).",
     )
 
-    # Production profile endpoints (read by feature_store.production.yaml through env vars).
+    # Production profile endpoints: the ${MLRE_*} values of feature_store.production.yaml
+    # (mlre.features.store.profile_values renders the profile from them).
     redis_connection_string: str = Field("", description="Feast Redis online store, host:port,...")
     registry_uri: str = Field("", description="Feast SQL registry (postgresql+psycopg://...).")
     offline_uri: str = Field("", description="Offline lake root (s3://bucket/prefix in the cloud).")
@@ -59,6 +60,12 @@ class Settings(BaseSettings):
     def lake_dir(self) -> Path:
         """Root of the local parquet lake (sources and prediction logs)."""
         return self.home / "lake"
+
+    @property
+    def lake_uri(self) -> str:
+        """Root of the offline lake the feature sources live under: `offline_uri` (s3://... in
+        the cloud) when set, else the local lake."""
+        return self.offline_uri or str(self.lake_dir)
 
     @property
     def prediction_log_root(self) -> Path | str:
@@ -119,9 +126,8 @@ class Settings(BaseSettings):
             "XDG_CACHE_HOME": str(self.home / "cache"),
             # MLflow writes an installation id to $XDG_CONFIG_HOME/mlflow (default ~/.config).
             "XDG_CONFIG_HOME": str(self.home / "config"),
-            # MLflow 3.17 refuses to load sklearn models without it, even skops-saved ones; the
-            # registry only holds models this platform trained and logged itself.
-            "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true",
+            # No MLFLOW_ALLOW_PICKLE_DESERIALIZATION: the platform loads its models with skops
+            # against its own allow-list (mlre.model_files), never through MLflow's unpickler.
             **self.flow_run_env(),
         }
 

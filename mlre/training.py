@@ -36,6 +36,7 @@ from threadpoolctl import threadpool_limits
 from mlre.errors import MlreError
 from mlre.evaluation import choose_threshold, compute_metrics, score
 from mlre.mlflow_uri import global_tracking_uri, mlflow_answering
+from mlre.model_files import SKOPS_TRUSTED_TYPES
 from mlre.settings import PROJECT_ROOT, get_settings
 
 ModelFamily = Literal["logistic_regression", "hist_gradient_boosting", "random_forest"]
@@ -518,19 +519,9 @@ def pinned_requirements() -> list[str]:
     ]
 
 
-# Types skops refuses by default that our pipelines contain: sklearn's own tree structures and
-# numpy dtypes. Anything else in a model is a surprise and must be looked at, not trusted.
-SKOPS_TRUSTED_TYPES = frozenset(
-    {
-        "numpy.dtype",
-        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-        "sklearn.tree._tree.Tree",
-    }
-)
-
-
 def skops_trusted_types(pipeline: Pipeline) -> list[str]:
-    """The non-default types the saved model needs, all of them on our allow-list."""
+    """The non-default types the saved model needs, all of them on our allow-list (the same list
+    mlre.model_files loads with)."""
     import skops.io
 
     needed = set(skops.io.get_untrusted_types(data=skops.io.dumps(pipeline)))
@@ -538,7 +529,7 @@ def skops_trusted_types(pipeline: Pipeline) -> list[str]:
     if unexpected:
         raise TrainingError(
             f"The model contains types skops does not trust: {unexpected}; review them and add "
-            "them to mlre.training.SKOPS_TRUSTED_TYPES if they are safe to load."
+            "them to mlre.model_files.SKOPS_TRUSTED_TYPES if they are safe to load."
         )
     return sorted(needed)
 

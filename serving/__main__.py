@@ -23,6 +23,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = get_settings()
     apply_runtime_env(settings)
+    # Models load through skops with the platform's allow-list (mlre.model_files), never through
+    # MLflow's unpickler; keep that refused here unless the operator turns it on explicitly.
+    os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     config = ServingConfig()
     sys.setswitchinterval(config.gil_switch_interval_s)
     app = create_app(settings, config)

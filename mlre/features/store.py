@@ -1,4 +1,8 @@
-"""Open a Feast store for a profile and apply the feature repo, with clear errors for bad config."""
+"""Open a Feast store for a profile and apply the feature repo, with clear errors for bad config.
+
+Nothing here writes `os.environ`: a profile's `${MLRE_*}` values are rendered from the settings
+object (`profile_values`), and the definitions learn the lake root from `repo_lake_uri()`.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import re
 import runpy
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,23 +34,36 @@ from feast.repo_operations import apply_total_with_repo_instance, get_repo_files
 from feast.stream_feature_view import StreamFeatureView
 
 from mlre.errors import ConfigError, FeatureStoreError, ServiceUnavailableError
-from mlre.settings import Settings
+from mlre.settings import Settings, get_settings
 
 PROFILE_FILES = {"local": "feature_store.yaml", "production": "feature_store.production.yaml"}
 KNOWN_ONLINE_STORES = {"sqlite", "redis"}
 _VARIABLE = re.compile(r"\$\{(\w+)\}")
+# The lake root of the definitions being loaded: set by load_repo_contents for its files only.
+_LOADING_LAKE_URI: ContextVar[str | None] = ContextVar("mlre_loading_lake_uri", default=None)
 
 
-def lake_uri(settings: Settings) -> str:
-    """Root of the offline lake: `MLRE_OFFLINE_URI` when set (s3://... in the cloud), else local."""
-    return settings.offline_uri or str(settings.lake_dir)
+def repo_lake_uri() -> str:
+    """The lake root feature_repo/definitions.py roots its source paths at: the settings that
+    `load_repo_contents` was given, or, when Feast's own CLI imports the file, the process's."""
+    return _LOADING_LAKE_URI.get() or get_settings().lake_uri
+
+
+@contextmanager
+def _loading_with(lake_uri: str) -> Iterator[None]:
+    """Make `repo_lake_uri()` answer `lake_uri` in this thread while definitions execute."""
+    token = _LOADING_LAKE_URI.set(lake_uri)
+    try:
+        yield
+    finally:
+        _LOADING_LAKE_URI.reset(token)
 
 
 def profile_values(settings: Settings) -> dict[str, str]:
     """The values a profile file may reference as `${NAME}`, taken from the settings object."""
     values = {
         "MLRE_HOME": str(settings.home),
-        "MLRE_LAKE_URI": lake_uri(settings),
+        "MLRE_LAKE_URI": settings.lake_uri,
         "MLRE_REGISTRY_URI": settings.registry_uri,
         "MLRE_REDIS_CONNECTION_STRING": settings.redis_connection_string,
     }
@@ -134,25 +152,10 @@ def open_store(
     return store
 
 
-@contextmanager
-def _env(values: Mapping[str, str]) -> Iterator[None]:
-    """Temporarily export values (Feast definitions read their paths on import)."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def load_repo_contents(repo_path: Path, settings: Settings) -> RepoContents:
     """Execute every definition file afresh (no module cache) and collect its Feast objects."""
     objects: list[Any] = []
-    with _env(profile_values(settings)):
+    with _loading_with(settings.lake_uri):
         for file in get_repo_files(Path(repo_path).resolve()):
             namespace = runpy.run_path(str(file), run_name=f"feast_repo_{file.stem}")
             objects.extend(namespace.values())
