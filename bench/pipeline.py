@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -257,16 +256,10 @@ def run_side(kind: str, home: Path, env: dict[str, str]) -> dict[str, Any]:
     return json.loads(out.read_text())
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def main() -> None:
     """Prepare both homes, run the plain script, then the platform, and write the JSON."""
     from mlre import local_platform
+    from mlre.supervisor import free_port
 
     base = {**os.environ, **Settings().runtime_env()}
     plain_home, flow_home = ROOT / "plain", ROOT / "prefect"

@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -31,8 +30,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from mlre import supervisor
 from mlre.data.generator import GeneratorConfig
 from mlre.settings import PROJECT_ROOT, Settings, apply_runtime_env
+from mlre.waiting import wait_until
 
 RESULTS_PATH = PROJECT_ROOT / "bench" / "results" / "serving.json"
 TARGETS = {"p99_ms": 10.0, "errors": 0}
@@ -55,18 +56,23 @@ entity_key_serialization_version: 3
 """
 
 
-def _wait_http(url: str, timeout_s: float = 60.0) -> None:
+def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+    """Until `url` answers below 500; fails at once if the server process exits."""
     import httpx
 
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def answers() -> bool:
         try:
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
+            return httpx.get(url, timeout=1).status_code < 500
         except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer within {timeout_s} s")
+            return False
+
+    def exited(_: float) -> None:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server behind {url} exited with code {proc.returncode}")
+
+    wait_until(
+        answers, timeout_s=timeout_s, what=f"{url} answering", interval_s=0.2, on_poll=exited
+    )
 
 
 def _load(url: str, rate: float, duration: float, features: list[str] | None = None) -> dict:
@@ -135,19 +141,10 @@ def _serving_process(settings: Settings, port: int) -> Iterator[subprocess.Popen
         [sys.executable, "-m", "serving"], cwd=PROJECT_ROOT, env=env, start_new_session=True
     )
     try:
-        _wait_http(f"http://127.0.0.1:{port}/readyz", timeout_s=120)
+        _wait_http(f"http://127.0.0.1:{port}/readyz", proc, timeout_s=120)
         yield proc
     finally:
-        _terminate(proc, grace_s=30)
-
-
-def _terminate(proc: subprocess.Popen[bytes], grace_s: float) -> None:
-    """SIGTERM, then SIGKILL if it has not exited after `grace_s`."""
-    proc.terminate()
-    try:
-        proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        supervisor.stop_popen(proc, grace_s=30)
 
 
 def _cpu_s(pid: int) -> float:
@@ -187,7 +184,7 @@ def _ours(settings: Settings, versions: list[str], rate: float, duration: float)
     """Our /predict in its own process; the champion alias moves half-way through the run."""
     from mlflow import MlflowClient
 
-    from tests.support.servers import free_port
+    from mlre.supervisor import free_port
 
     client = MlflowClient(settings.mlflow_tracking_uri)
     client.set_registered_model_alias(settings.model_name, "champion", versions[0])
@@ -214,10 +211,10 @@ def _process(command: list[str], env: dict[str, str], health_url: str) -> Iterat
         start_new_session=True,
     )  # fmt: skip
     try:
-        _wait_http(health_url, timeout_s=90)
+        _wait_http(health_url, proc, timeout_s=90)
         yield proc.pid
     finally:
-        _terminate(proc, grace_s=15)
+        supervisor.stop_popen(proc, grace_s=15)
 
 
 def _measured(
@@ -236,7 +233,7 @@ def _measured(
 
 def _floor(settings: Settings, rate: float, duration: float) -> dict:
     """bench.floor_app under uvicorn: the same HTTP schema with a constant answer."""
-    from tests.support.servers import free_port
+    from mlre.supervisor import free_port
 
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", "bench.floor_app:app", "--host", "127.0.0.1",
@@ -248,7 +245,7 @@ def _floor(settings: Settings, rate: float, duration: float) -> dict:
 
 def _reference(settings: Settings, store: Any, rate: float, duration: float) -> dict:
     """`feast serve` on the same repo and Redis: feature fetch only (the daily view's features)."""
-    from tests.support.servers import free_port
+    from mlre.supervisor import free_port
 
     port = free_port()
     features = [f"{DAILY_VIEW}:{f.name}" for f in store.get_feature_view(DAILY_VIEW).features]
@@ -293,7 +290,6 @@ def main() -> None:
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     apply_runtime_env(Settings(home=root / "home"))
-    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "true"
     redis, mlflow_server = start_redis(root), start_mlflow(root)
     try:
         settings, (store, versions) = _prepare(

@@ -356,8 +356,8 @@ def run_soak(root: Path, config: SoakConfig) -> dict[str, Any]:
     from mlflow import MlflowClient
 
     from bench.serving import _prepare, _serving_process
+    from mlre.supervisor import free_port
     from tests.support.mlflow_server import start_mlflow
-    from tests.support.servers import free_port
 
     redis = PersistentRedis(data_dir=run_dir(root) / "redis")
     redis.start()

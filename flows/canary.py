@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import contextlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +20,7 @@ from flows.locks import prefect_lock
 from mlre import canary, registry
 from mlre.prediction_log import read_predictions
 from mlre.settings import get_settings
+from mlre.waiting import WaitTimeout, wait_until
 
 
 class CanaryParams(ModelParams):
@@ -92,18 +93,22 @@ def _scrape(url: str) -> str:
 @task(name="wait-for-service-switch")
 def wait_for_switch(url: str, version: str, share: float, timeout_s: float, poll_s: float) -> str:
     """Wait until /metrics shows the canary version at this share; returns that scrape."""
-    deadline = time.monotonic() + timeout_s
-    seen: Any = None
-    while time.monotonic() < deadline:
+    seen: list[Any] = [None]
+
+    def switched() -> str | None:
         text = _scrape(url)
-        seen = canary.served_state(text)
-        if abs(seen[0] - share) < 1e-9 and seen[1].get("canary") == version:
-            return text
-        time.sleep(poll_s)
-    raise canary.CanaryError(
-        f"The service at {url} did not switch to canary {version} at share {share} within "
-        f"{timeout_s:.0f} s (it reports {seen}); is it running and polling the same registry?"
-    )
+        seen[0] = canary.served_state(text)
+        state = seen[0]
+        return text if abs(state[0] - share) < 1e-9 and state[1].get("canary") == version else None
+
+    try:
+        return wait_until(switched, timeout_s=timeout_s, what="canary switch", interval_s=poll_s)
+    except WaitTimeout as exc:
+        raise canary.CanaryError(
+            f"The service at {url} did not switch to canary {version} at share {share} within "
+            f"{timeout_s:.0f} s (it reports {seen[0]}); is it running and polling the same "
+            "registry?"
+        ) from exc
 
 
 @task(name="wait-for-predictions")
@@ -112,19 +117,28 @@ def wait_for_predictions(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(champion scores, canary scores) logged since `since`, once both arms have `minimum`."""
     settings = get_settings()
-    deadline = time.monotonic() + params.step_timeout_s
-    while True:
+    latest: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def both_arms() -> bool:
         log = read_predictions(settings.prediction_log_root, model_name, start=since)
         canary_scores = log.loc[
             (log["route"] == "canary") & (log["model_version"] == version), "score"
         ].to_numpy()
         champion_scores = log.loc[log["route"] == "champion", "score"].to_numpy()
+        latest[:] = [(champion_scores, canary_scores)]
         counts = {"champion": len(champion_scores), "canary": len(canary_scores)}
-        if canary.enough_predictions(counts, params.min_predictions):
-            return champion_scores, canary_scores
-        if time.monotonic() >= deadline:
-            return champion_scores, canary_scores
-        time.sleep(params.poll_s)
+        return canary.enough_predictions(counts, params.min_predictions)
+
+    # Too few predictions by the deadline is the step's decision to make (it says so), not an
+    # error here: return what there is.
+    with contextlib.suppress(WaitTimeout):
+        wait_until(
+            both_arms,
+            timeout_s=params.step_timeout_s,
+            what="predictions on both arms",
+            interval_s=params.poll_s,
+        )
+    return latest[0]
 
 
 @task(name="decide-canary-step")

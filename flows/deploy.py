@@ -7,7 +7,6 @@ pools (`k8s-cpu`, `k8s-gpu`); here both are the `local` process pool.
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 from mlre import k8s_labels, local_platform
 from mlre.errors import PlatformError
 from mlre.settings import PROJECT_ROOT, Settings
+from mlre.waiting import WaitTimeout, wait_until
 
 WORKER = f"worker-{k8s_labels.LOCAL_WORK_POOL}"
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -155,21 +155,23 @@ def follow(
 ) -> str:
     """Print state changes and finished subflows until the run ends; its final state."""
     seen: set[tuple[str, str]] = set()
-    last_state = ""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    last_state = [""]
+
+    def finished() -> str | None:
         now = progress(flow_run_id)
         for item in now.finished_subflows:
             if item not in seen:
                 seen.add(item)
                 echo(f"  finished {item[0]}: {item[1].lower()}")
-        if now.state != last_state:
+        if now.state != last_state[0]:
             echo(f"  run is {now.state.lower()}")
-            last_state = now.state
-        if now.state in TERMINAL:
-            return now.state
-        time.sleep(poll_s)
-    raise PlatformError(
-        f"flow run {flow_run_id} did not finish within {timeout_s:.0f} s; see the Prefect UI "
-        "and the worker log (.mlre/logs/worker-local.log)."
-    )
+            last_state[0] = now.state
+        return now.state if now.state in TERMINAL else None
+
+    try:
+        return wait_until(finished, timeout_s=timeout_s, what="flow run", interval_s=poll_s)
+    except WaitTimeout as exc:
+        raise PlatformError(
+            f"flow run {flow_run_id} did not finish within {timeout_s:.0f} s; see the Prefect "
+            "UI and the worker log (.mlre/logs/worker-local.log)."
+        ) from exc

@@ -10,37 +10,52 @@ recycled for someone else's process is never mistaken for ours.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
-import json
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import psutil
-
+from mlre import supervisor
 from mlre.errors import PlatformError
 from mlre.settings import Settings
+from mlre.supervisor import (
+    PidRecord,
+    live_process,
+    log_tail,
+    port_in_use,
+    read_pid_record,
+    write_pid_record,
+)
+
+__all__ = [
+    "PidRecord",
+    "ServiceSpec",
+    "ServiceStatus",
+    "down",
+    "is_running",
+    "live_process",
+    "log_tail",
+    "port_in_use",
+    "read_pid_record",
+    "start_process",
+    "status",
+    "stop_process",
+    "stop_processes",
+    "up",
+    "write_pid_record",
+]
 
 Health = Literal["healthy", "unhealthy", "stopped", "running"]
 Echo = Callable[[str], None]
 
 WORKER_PREFIX = "worker"
-CREATE_TIME_TOLERANCE_S = 0.05
 HEALTH_POLL_S = 0.25
-STOP_POLL_S = 0.05
 PROGRESS_EVERY_S = 5.0
-LOG_TAIL_LINES = 25
 
 
 def _quiet(_: str) -> None:
@@ -67,37 +82,6 @@ class ServiceSpec:
     @property
     def health_url(self) -> str:
         return f"{self.url}{self.health_path}"
-
-
-@dataclass(frozen=True)
-class PidRecord:
-    """What a PID file holds: enough to recognise our process after the PID is recycled."""
-
-    name: str
-    pid: int
-    create_time: float
-    argv: tuple[str, ...]
-    port: int | None = None
-    started_at: str = ""
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> PidRecord | None:
-        """Parse a PID file; None for anything unreadable (a torn write or a foreign file)."""
-        try:
-            data = json.loads(text)
-            return cls(
-                name=str(data["name"]),
-                pid=int(data["pid"]),
-                create_time=float(data["create_time"]),
-                argv=tuple(str(a) for a in data.get("argv", ())),
-                port=None if data.get("port") is None else int(data["port"]),
-                started_at=str(data.get("started_at", "")),
-            )
-        except (ValueError, KeyError, TypeError):
-            return None
 
 
 @dataclass(frozen=True)
@@ -178,36 +162,6 @@ def service_specs(settings: Settings) -> list[ServiceSpec]:
 # ---- PID files and processes -----------------------------------------------------------------
 
 
-def read_pid_record(path: Path) -> PidRecord | None:
-    """The record in a PID file, or None when it is missing or unreadable."""
-    try:
-        return PidRecord.from_json(path.read_text())
-    except OSError:
-        return None
-
-
-def write_pid_record(path: Path, record: PidRecord) -> None:
-    """Write atomically so a concurrent reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(record.to_json())
-    tmp.replace(path)
-
-
-def live_process(record: PidRecord | None) -> psutil.Process | None:
-    """Our process if it still runs; None if it exited or its PID now belongs to another process."""
-    if record is None:
-        return None
-    try:
-        proc = psutil.Process(record.pid)
-        same = abs(proc.create_time() - record.create_time) <= CREATE_TIME_TOLERANCE_S
-        if not same or proc.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return proc
-    except psutil.Error:
-        return None
-
-
 def is_running(settings: Settings, name: str) -> bool:
     """Whether the process recorded under `name` is alive and still ours."""
     return live_process(read_pid_record(pid_path(settings, name))) is not None
@@ -230,36 +184,14 @@ def start_process(
             f"{name} is already running (PID file {pid_path(settings, name)}).\n"
             f"hint: stop it first with `mlre down`."
         )
-    log = log_path(settings, name)
-    with log.open("ab") as out:
-        out.write(f"\n=== mlre: {_now()} starting {' '.join(argv)}\n".encode())
-        out.flush()
-        try:
-            proc = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env if env is not None else child_env(settings),
-                # Its own session: SIGINT at our terminal does not reach it, and `down` can signal
-                # the whole process group (uvicorn workers and other children included).
-                start_new_session=True,
-                # Anything a tool writes to its working directory lands in our runtime folder.
-                cwd=settings.home,
-            )
-        except OSError as exc:
-            raise PlatformError(
-                f"could not start {name}: {argv[0]}: {exc.strerror}.\n"
-                "hint: reinstall the environment with `make install`."
-            ) from exc
-    record = PidRecord(
-        name=name,
-        pid=proc.pid,
-        create_time=psutil.Process(proc.pid).create_time(),
-        argv=tuple(argv),
-        port=port,
-        started_at=_now(),
+    proc = supervisor.spawn(
+        argv,
+        log_path=log_path(settings, name),
+        env=env if env is not None else child_env(settings),
+        # Anything a tool writes to its working directory lands in our runtime folder.
+        cwd=settings.home,
     )
+    record = PidRecord.of(name, proc.pid, argv, port)
     write_pid_record(pid_path(settings, name), record)
     return record
 
@@ -277,66 +209,15 @@ def stop_processes(
 ) -> list[str]:
     """Stop several processes at once (one shared grace period); returns those that were running."""
     grace = settings.stop_timeout_s if timeout_s is None else timeout_s
-    leaders: dict[str, psutil.Process] = {}
+    leaders = {}
     for name in names:
         proc = live_process(read_pid_record(pid_path(settings, name)))
         if proc is not None:
             leaders[name] = proc
-    families = {name: _family(proc) for name, proc in leaders.items()}
-    for name, proc in leaders.items():
-        _signal_group(proc.pid, families[name], signal.SIGTERM)
-    members = [member for family in families.values() for member in family]
-    alive = _wait_gone(members, grace)
-    if alive:
-        for proc in leaders.values():
-            _signal_group(proc.pid, alive, signal.SIGKILL)
-        _wait_gone(alive, grace)
+    supervisor.stop(leaders.values(), grace)
     for name in names:
         pid_path(settings, name).unlink(missing_ok=True)
     return list(leaders)
-
-
-def _wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
-    """Poll until every process has exited; returns those still alive at the deadline.
-
-    psutil.wait_procs waits up to 1 s per process in turn, which makes a stop of several
-    processes that exit at different moments needlessly slow.
-    """
-    deadline = time.monotonic() + timeout_s
-    alive = [proc for proc in procs if _still_running(proc)]
-    while alive and time.monotonic() < deadline:
-        time.sleep(STOP_POLL_S)
-        alive = [proc for proc in alive if _still_running(proc)]
-    return alive
-
-
-def _still_running(proc: psutil.Process) -> bool:
-    """False once it exited; a zombie child of ours is reaped on the way."""
-    try:
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            with contextlib.suppress(psutil.Error):
-                proc.wait(0)
-            return False
-        return proc.is_running()
-    except psutil.Error:
-        return False
-
-
-def _family(proc: psutil.Process) -> list[psutil.Process]:
-    """A process and its descendants, as far as they can still be listed."""
-    family = [proc]
-    with contextlib.suppress(psutil.Error):
-        family += proc.children(recursive=True)
-    return family
-
-
-def _signal_group(pgid: int, procs: list[psutil.Process], sig: signal.Signals) -> None:
-    """Signal the process group, and each known member in case it left the group."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-    for member in procs:
-        with contextlib.suppress(psutil.Error):
-            member.send_signal(sig)
 
 
 def recorded_names(settings: Settings) -> list[str]:
@@ -347,28 +228,6 @@ def recorded_names(settings: Settings) -> list[str]:
 
 
 # ---- ports and health ------------------------------------------------------------------------
-
-
-def port_in_use(host: str, port: int) -> bool:
-    """Whether something holds host:port: a bind test, then a connect test.
-
-    Raises PlatformError when `host` is not an address of this machine (nothing could bind it).
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        # SO_REUSEADDR: connections in TIME_WAIT from a server we just stopped do not count.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                return True
-            raise PlatformError(
-                f"cannot bind {host}:{port}: {exc.strerror}.\n"
-                "hint: set MLRE_HOST to an address of this machine (default 127.0.0.1)."
-            ) from exc
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.settimeout(0.5)
-        return probe.connect_ex((host, port)) == 0
 
 
 def check_health(spec: ServiceSpec, timeout_s: float = 2.0) -> bool:
@@ -392,45 +251,23 @@ def wait_healthy(
     Fails fast with the log's last lines if the recorded process exits (or had already exited),
     and after `settings.health_timeout_s`.
     """
-    started = time.monotonic()
-    next_progress = started + PROGRESS_EVERY_S
-    while True:
-        if check_health(spec):
-            return time.monotonic() - started
-        if record is not None and live_process(record) is None:
-            raise PlatformError(
-                f"{spec.name} exited during start-up. {_log_excerpt(settings, spec, log_offset)}\n"
-                "hint: fix the cause above, then run `mlre up` again."
-            )
-        now = time.monotonic()
-        if now - started > settings.health_timeout_s:
-            raise PlatformError(
-                f"{spec.name} not healthy at {spec.health_url} after "
-                f"{settings.health_timeout_s:.0f} s. {_log_excerpt(settings, spec, log_offset)}\n"
-                "hint: raise MLRE_HEALTH_TIMEOUT_S on a slow machine, or read the log."
-            )
-        if now >= next_progress:
-            echo(f"  … waiting for {spec.name} ({now - started:.0f} s)")
-            next_progress = now + PROGRESS_EVERY_S
-        time.sleep(HEALTH_POLL_S)
+    next_progress = [PROGRESS_EVERY_S]
 
+    def progress(elapsed: float) -> None:
+        if elapsed >= next_progress[0]:
+            echo(f"  … waiting for {spec.name} ({elapsed:.0f} s)")
+            next_progress[0] = elapsed + PROGRESS_EVERY_S
 
-def _log_excerpt(settings: Settings, spec: ServiceSpec, offset: int) -> str:
-    """'Last lines of <log>:' and the lines themselves, for start-up errors."""
-    path = log_path(settings, spec.name)
-    return f"Last lines of {path}:\n{log_tail(path, offset)}"
-
-
-def log_tail(path: Path, offset: int = 0, lines: int = LOG_TAIL_LINES) -> str:
-    """The last `lines` lines of a log written after byte `offset` (this start only)."""
-    try:
-        with path.open("rb") as log:
-            log.seek(offset)
-            text = log.read().decode(errors="replace")
-    except OSError:
-        return "  (no log)"
-    tail = text.strip().splitlines()[-lines:]
-    return "\n".join(f"  | {line}" for line in tail) or "  (log is empty)"
+    return supervisor.wait_healthy(
+        spec.name,
+        lambda: check_health(spec),
+        alive=lambda: record is None or live_process(record) is not None,
+        timeout_s=settings.health_timeout_s,
+        log_path=log_path(settings, spec.name),
+        offset=log_offset,
+        progress=progress,
+        interval_s=HEALTH_POLL_S,
+    )
 
 
 # ---- up / down / status ----------------------------------------------------------------------
@@ -587,7 +424,3 @@ def services_healthy(rows: list[ServiceStatus], settings: Settings) -> bool:
     """True when every platform server (not workers) is healthy."""
     names = {spec.name for spec in service_specs(settings)}
     return all(row.health == "healthy" for row in rows if row.name in names)
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")

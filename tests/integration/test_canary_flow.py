@@ -18,6 +18,8 @@ from flows.canary import CanaryParams, canary_rollout
 from mlre import registry
 from mlre.canary import CANARY_ROLLBACK_ACTION, CANARY_SHARE_TAG, CanaryThresholds
 from mlre.settings import get_settings
+from mlre.supervisor import free_port
+from mlre.waiting import wait_until
 from serving.app import create_app
 from tests.integration.test_serving import (
     customers,
@@ -27,7 +29,6 @@ from tests.integration.test_serving import (
     register_model,
     serving_settings,
 )
-from tests.support.servers import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -44,14 +45,14 @@ def running_service(settings, config) -> Iterator[str]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def ready() -> bool:
         try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                break
+            return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
         except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
+            return False
+
+    wait_until(ready, timeout_s=30, what=f"the service at {base} ready", interval_s=0.1)
     try:
         yield base
     finally:
@@ -136,11 +137,12 @@ def test_shifted_challenger_is_rolled_back_at_the_first_step(rollout, mlflow_ser
     with running_service(settings, fast_config()) as base, traffic(base, customers(env)) as codes:
         result = canary_rollout(_params(base, bad))
         # The service stops routing to the canary without a restart.
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if httpx.get(f"{base}/readyz").json()["canary_share"] == 0:
-                break
-            time.sleep(0.2)
+        wait_until(
+            lambda: httpx.get(f"{base}/readyz").json()["canary_share"] == 0,
+            timeout_s=10,
+            what="the service routing no traffic to the canary",
+            interval_s=0.2,
+        )
         assert httpx.get(f"{base}/readyz").json()["models"] == {"champion": v1}
     assert result.outcome == "rolled_back"
     assert len(result.decisions) == 1  # the first step caught it

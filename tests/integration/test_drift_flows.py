@@ -29,6 +29,7 @@ from mlre.data.generator import Scenario, generate_sources, write_source
 from mlre.drift import DriftError
 from mlre.monitoring import MonitoringConfig
 from mlre.settings import get_settings
+from mlre.waiting import WaitTimeout, wait_until
 from tests.integration.conftest import build_feature_env, recent_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -83,7 +84,6 @@ def monitored(tmp_path_factory, mlflow_server, prefect_harness) -> tuple[Monitor
     model_name = f"drift-{uuid.uuid4().hex[:8]}"
     with pytest.MonkeyPatch.context() as monkeypatch:
         _use(env.settings.home, mlflow_server.tracking_uri, model_name, monkeypatch)
-        monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
         trained = train_model(TRAIN)
         client = MlflowClient(mlflow_server.tracking_uri)
         client.set_registered_model_alias(model_name, registry.CHAMPION, trained.version)
@@ -248,13 +248,11 @@ def _runs_of(deployment_id: Any) -> int:
 
 
 def _wait_for(condition: Callable[[], bool], timeout_s: float = 60.0) -> bool:
-    """Poll until condition() holds or the timeout passes."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(1.0)
-    return condition()
+    """Poll until condition() holds or the timeout passes; whether it held."""
+    try:
+        return wait_until(condition, timeout_s=timeout_s, what="condition", interval_s=1.0)
+    except WaitTimeout:
+        return condition()
 
 
 @pytest.mark.fault("drift automation fired twice")

@@ -73,7 +73,6 @@ def platform_env(settings: Settings, tracking_uri: str) -> dict[str, str]:
         "MLRE_STORE_PROFILE": "local",
         "MLRE_MLFLOW_URI": tracking_uri,
         "MLRE_MODEL_NAME": MODEL,
-        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true",
     }
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 from uuid import UUID
@@ -21,6 +20,7 @@ import pytest
 
 from flows import automations, deploy
 from mlre.settings import HEARTBEAT_ENV
+from mlre.waiting import WaitTimeout, wait_until
 from tests.support.private_platform import PrivatePlatform, private_platform_home
 
 pytestmark = [
@@ -68,13 +68,10 @@ def _ok(result: Any) -> str:
 
 def _wait(what: str, condition: Callable[[], Any], timeout_s: float) -> Any:
     """Poll until condition() is truthy; its value, or a failure naming what did not happen."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(POLL_S)
-    pytest.fail(f"{what}: not within {timeout_s:.0f} s")
+    try:
+        return wait_until(condition, timeout_s=timeout_s, what=what, interval_s=POLL_S)
+    except WaitTimeout as exc:
+        pytest.fail(str(exc))
 
 
 def _flow_run(run_id: UUID) -> Any:

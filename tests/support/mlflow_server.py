@@ -7,7 +7,6 @@ group (SIGTERM, then SIGKILL). Data (SQLite backend, artifacts) lives under the 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -18,9 +17,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
-
-from tests.support.servers import _record_pid, _tail, free_port, run_dir
+from mlre import supervisor
+from mlre.supervisor import free_port
+from tests.support.servers import record_pid, run_dir
 
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
@@ -76,16 +75,22 @@ class MlflowServer:
         """Start the server and wait until `/health` answers."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         began = time.monotonic()
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                self.argv(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self.env(),
-                start_new_session=True,
+        offset = supervisor.log_offset(self.log_path)
+        self.process = supervisor.spawn(self.argv(), log_path=self.log_path, env=self.env())
+        record_pid(self.data_dir.parent, self.data_dir.name, self.process.pid)
+        process = self.process
+        try:
+            supervisor.wait_healthy(
+                f"mlflow server on {self.port}",
+                self.healthy,
+                alive=lambda: process.poll() is None,
+                timeout_s=READY_TIMEOUT_S,
+                log_path=self.log_path,
+                offset=offset,
             )
-        _record_pid(self.data_dir.parent, self.data_dir.name, self.process.pid)
-        self._wait_ready()
+        except Exception:
+            self.stop(signal.SIGKILL)
+            raise
         self.started_in_s = time.monotonic() - began
 
     def healthy(self) -> bool:
@@ -96,33 +101,9 @@ class MlflowServer:
         except (urllib.error.URLError, OSError):
             return False
 
-    def _wait_ready(self) -> None:
-        """Poll /health; fail with the log tail if the server exits or never answers."""
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        assert self.process is not None
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"mlflow server on {self.port} exited:\n{_tail(self.log_path)}")
-            if self.healthy():
-                return
-            time.sleep(0.1)
-        self.stop(signal.SIGKILL)
-        raise RuntimeError(f"mlflow server on {self.port} not ready:\n{_tail(self.log_path)}")
-
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
         """Signal the whole process group (the uvicorn worker too), SIGKILL after a grace period."""
-        if self.process is None:
-            return
-        group = self.process.pid  # start_new_session: the group id is the leader's pid
-        members = _group_members(self.process.pid)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(group, sig)
-        _, alive = psutil.wait_procs(members, timeout=STOP_TIMEOUT_S)
-        for proc in alive:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.kill()
-        psutil.wait_procs(alive, timeout=STOP_TIMEOUT_S)
-        self.process.wait(STOP_TIMEOUT_S)
+        supervisor.stop_popen(self.process, STOP_TIMEOUT_S, sig)
         self.process = None
 
     def kill(self) -> None:
@@ -137,15 +118,6 @@ class MlflowServer:
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
-
-
-def _group_members(pid: int) -> list[psutil.Process]:
-    """The server and every process it forked."""
-    try:
-        leader = psutil.Process(pid)
-        return [leader, *leader.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
 
 
 def start_mlflow(root: Path) -> MlflowServer:

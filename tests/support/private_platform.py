@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mlre import local_platform
 from mlre.settings import PROJECT_ROOT, Settings
-from tests.support.servers import free_port
+from mlre.supervisor import free_port
 
 MLRE = str(Path(sys.executable).parent / "mlre")
 COMMAND_TIMEOUT_S = 150

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.support.servers import free_port
+from mlre.supervisor import free_port
 
 REGION = "us-east-1"
 

