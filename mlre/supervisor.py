@@ -239,15 +239,30 @@ def stop(leaders: Iterable[psutil.Process], grace_s: float, sig: int = signal.SI
 
 def stop_popen(
     proc: subprocess.Popen[bytes] | None, grace_s: float, sig: int = signal.SIGTERM
-) -> None:
-    """Stop a process this one started (and its group); reaps it so no zombie is left."""
+) -> int | None:
+    """Stop a process this one started, and its group; its exit code (-N for signal N).
+
+    The leader is waited for through its Popen (so its exit status is kept, not reaped away),
+    its descendants like any others.
+    """
     if proc is None:
-        return
+        return None
     if proc.poll() is None:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            stop([psutil.Process(proc.pid)], grace_s, sig)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(grace_s)
+        try:
+            members = family(psutil.Process(proc.pid))
+        except psutil.NoSuchProcess:
+            members = []
+        signal_group(proc.pid, members, sig)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            signal_group(proc.pid, members, signal.SIGKILL)
+            proc.wait(grace_s)
+        descendants = [member for member in members if member.pid != proc.pid]
+        if alive := wait_gone(descendants, grace_s):
+            signal_group(proc.pid, alive, signal.SIGKILL)
+            wait_gone(alive, grace_s)
+    return proc.returncode
 
 
 def wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
