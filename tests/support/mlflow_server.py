@@ -8,18 +8,14 @@ group (SIGTERM, then SIGKILL). Data (SQLite backend, artifacts) lives under the 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
-from mlre import supervisor
-from mlre.supervisor import free_port
-from tests.support.servers import record_pid, run_dir
+from tests.support.servers import SupervisedServer, run_dir
 
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
@@ -31,14 +27,11 @@ def _mlflow_bin() -> str:
 
 
 @dataclass
-class MlflowServer:
-    """`mlflow server` with a SQLite backend; `tracking_uri`, `kill()`, `restart()`."""
+class MlflowServer(SupervisedServer):
+    """`mlflow server` with a SQLite backend; a `restart()` keeps registered models."""
 
-    data_dir: Path
-    port: int = field(default_factory=free_port)
-    host: str = "127.0.0.1"
-    process: subprocess.Popen[bytes] | None = None
-    started_in_s: float = 0.0
+    ready_timeout_s: ClassVar[float] = READY_TIMEOUT_S
+    stop_timeout_s: ClassVar[float] = STOP_TIMEOUT_S
 
     @property
     def tracking_uri(self) -> str:
@@ -71,28 +64,6 @@ class MlflowServer:
             "MLFLOW_ENABLE_TELEMETRY": "false",
         }
 
-    def start(self) -> None:
-        """Start the server and wait until `/health` answers."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        began = time.monotonic()
-        offset = supervisor.log_offset(self.log_path)
-        self.process = supervisor.spawn(self.argv(), log_path=self.log_path, env=self.env())
-        record_pid(self.data_dir.parent, self.data_dir.name, self.process.pid)
-        process = self.process
-        try:
-            supervisor.wait_healthy(
-                f"mlflow server on {self.port}",
-                self.healthy,
-                alive=lambda: process.poll() is None,
-                timeout_s=READY_TIMEOUT_S,
-                log_path=self.log_path,
-                offset=offset,
-            )
-        except Exception:
-            self.stop(signal.SIGKILL)
-            raise
-        self.started_in_s = time.monotonic() - began
-
     def healthy(self) -> bool:
         """One GET /health without retries."""
         try:
@@ -100,24 +71,6 @@ class MlflowServer:
                 return response.status == 200
         except (urllib.error.URLError, OSError):
             return False
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
-        """Signal the whole process group (the uvicorn worker too), SIGKILL after a grace period."""
-        supervisor.stop_popen(self.process, STOP_TIMEOUT_S, sig)
-        self.process = None
-
-    def kill(self) -> None:
-        """Crash the server the hard way (fault injection); data on disk stays."""
-        self.stop(signal.SIGKILL)
-
-    def restart(self) -> None:
-        """Stop and start again on the same port with the same data."""
-        self.stop()
-        self.start()
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
 
 
 def start_mlflow(root: Path) -> MlflowServer:

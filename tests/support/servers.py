@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Protocol, TypeVar
+from typing import ClassVar, Protocol, TypeVar
 
 import psutil
 
@@ -60,13 +60,81 @@ def prune_stale_runs(root: Path) -> None:
 
 
 @dataclass
-class RedisServer:
-    """A real redis-server on 127.0.0.1:`port`; `restart()` brings it back on the same port."""
+class SupervisedServer:
+    """A server this test run starts on a port it keeps across restarts, through the supervisor.
+
+    Subclasses say how to run it (`argv`, `env`), where it logs and how to ask it whether it is
+    ready (`healthy`); starting, recording, waiting and stopping are the same for all of them.
+    """
 
     data_dir: Path
     port: int = field(default_factory=free_port)
     host: str = "127.0.0.1"
     process: subprocess.Popen[bytes] | None = None
+    ready_timeout_s: ClassVar[float] = READY_TIMEOUT_S
+    stop_timeout_s: ClassVar[float] = STOP_TIMEOUT_S
+    poll_s: ClassVar[float] = 0.1
+
+    @property
+    def log_path(self) -> Path:
+        raise NotImplementedError
+
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def env(self) -> dict[str, str] | None:
+        """The child's environment (None: this process's)."""
+        return None
+
+    def healthy(self) -> bool:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Start the server and wait until `healthy()`; one that fails to come up is stopped."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        offset = supervisor.log_offset(self.log_path)
+        process = supervisor.spawn(self.argv(), log_path=self.log_path, env=self.env())
+        self.process = process
+        record_pid(self.data_dir.parent, self.data_dir.name, process.pid)
+        try:
+            supervisor.wait_healthy(
+                f"{Path(self.argv()[0]).name} on port {self.port}",
+                self.healthy,
+                alive=lambda: process.poll() is None,
+                timeout_s=self.ready_timeout_s,
+                log_path=self.log_path,
+                offset=offset,
+                interval_s=self.poll_s,
+            )
+        except Exception:
+            self.stop(signal.SIGKILL)
+            raise
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        """Stop the server and its process group (SIGKILL after a grace period); the port stays
+        reserved for `start()`."""
+        supervisor.stop_popen(self.process, self.stop_timeout_s, sig)
+        self.process = None
+
+    def kill(self) -> None:
+        """Crash the server the hard way (fault injection); what it keeps on disk stays."""
+        self.stop(signal.SIGKILL)
+
+    def restart(self) -> None:
+        """Stop and start again on the same port."""
+        self.stop()
+        self.start()
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+@dataclass
+class RedisServer(SupervisedServer):
+    """A real redis-server on 127.0.0.1:`port` (no persistence: a restart comes back empty)."""
+
+    poll_s: ClassVar[float] = 0.02
 
     @property
     def connection_string(self) -> str:
@@ -94,22 +162,8 @@ class RedisServer:
             "--dir", str(self.data_dir),
         ]  # fmt: skip
 
-    def start(self) -> None:
-        """Start redis-server and wait until it answers PING."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        offset = supervisor.log_offset(self.log_path)
-        self.process = supervisor.spawn(self.argv(), log_path=self.log_path)
-        record_pid(self.data_dir.parent, self.data_dir.name, self.process.pid)
-        process = self.process
-        supervisor.wait_healthy(
-            f"redis-server on port {self.port}",
-            self.ping,
-            alive=lambda: process.poll() is None,
-            timeout_s=READY_TIMEOUT_S,
-            log_path=self.log_path,
-            offset=offset,
-            interval_s=0.02,
-        )
+    def healthy(self) -> bool:
+        return self.ping()
 
     def ping(self) -> bool:
         """One raw PING over a fresh socket (no client retries/backoff to slow a poll loop)."""
@@ -119,24 +173,6 @@ class RedisServer:
                 return sock.recv(16).startswith(b"+PONG")
         except OSError:
             return False
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
-        """Stop the server (SIGKILL simulates a crash); the port stays reserved for `start()`."""
-        supervisor.stop_popen(self.process, STOP_TIMEOUT_S, sig)
-        self.process = None
-
-    def kill(self) -> None:
-        """Crash the server the hard way (fault injection)."""
-        self.stop(signal.SIGKILL)
-
-    def restart(self) -> None:
-        """Stop and start again on the same port (empty dataset: persistence is off)."""
-        self.stop()
-        self.start()
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
 
 
 @dataclass
