@@ -16,6 +16,11 @@ aliases, so no alias points where the trail does not say; when the MLflow server
 (ServiceUnavailableError, which flows retry), running the same promotion or rollback again
 completes it without a second record.
 
+Without the lock, the checks after each write (the record still ours and the last one, the aliases
+as read, then as written) turn a race into a RegistryError, and what the losing call wrote and no
+one changed since is undone; a write the server refuses is a RegistryError too. They cannot give
+back another writer's record that a sequential write overwrote: preventing that is the lock's job.
+
 Rollback is one step: `previous-champion` becomes `champion` again, the rolled-back version is
 tagged `rolled_back=true` (promoting it again needs `force=True`), and `previous-champion` is
 removed, so a second rollback fails loudly instead of flip-flopping between two versions.
@@ -293,7 +298,15 @@ def _set_version_tags(
     client: MlflowClient, model_name: str, version: str, tags: Mapping[str, str]
 ) -> None:
     for key, value in tags.items():
-        client.set_model_version_tag(model_name, version, key, value)
+        try:
+            client.set_model_version_tag(model_name, version, key, value)
+        except MlflowException as exc:
+            if server_unreachable(exc):
+                raise
+            raise _write_refused(
+                exc, model_name, f"tagging version {version}", f"tag {key!r}",
+                "Tags written before it stay; writing them again is harmless.",
+            ) from exc  # fmt: skip
 
 
 def mark_challenger(
@@ -377,17 +390,92 @@ def _write_aliases(client: MlflowClient, model_name: str, target: _Aliases, now:
             client.set_registered_model_alias(model_name, alias, want)
 
 
+def _write_refused(
+    exc: MlflowException, model_name: str, doing: str, what: str, undone: str
+) -> RegistryError:
+    """A write the MLflow server answered with an error (a UNIQUE-constraint clash of two writers,
+    a locked database, an invalid value) as a RegistryError naming what was written and what to
+    do. A server that did not answer is not this: callers let that become ServiceUnavailableError.
+    """
+    return RegistryError(
+        f"Model {model_name!r}: {doing} failed writing {what}: the MLflow server refused it "
+        f"({_clip(str(exc.message), FIELD_MAX)}). {undone} This is what two promotions or "
+        "rollbacks of the same model writing at once look like: run them under the promotion "
+        "lock (mlre promote and the flows take it; pass lock=file_lock(settings) or "
+        "flows.locks.prefect_lock), then retry."
+    )
+
+
+def _raced(model_name: str, doing: str, problems: list[str], undone: str) -> RegistryError:
+    """Another writer changed the registry under this operation (it held no lock)."""
+    return RegistryError(
+        f"Model {model_name!r}: {doing} raced another writer: {'; '.join(problems)}. {undone} "
+        "Another promotion or rollback wrote this model without the promotion lock: run them "
+        "under it (mlre promote and the flows take it; pass lock=file_lock(settings) or "
+        "flows.locks.prefect_lock), check `mlre history` against the aliases, then retry."
+    )
+
+
+def _doing(record: AuditRecord) -> str:
+    return f"the {record.action} to version {record.to_version}"
+
+
 def _append_audit(client: MlflowClient, model: RegisteredModel, record: AuditRecord) -> AuditRecord:
-    """Store `record` under the next sequence number (the caller holds the lock)."""
+    """Store `record` under the next sequence number (the caller holds the lock).
+
+    A refused write stored nothing, so there is nothing to undo; a server that does not answer
+    passes unchanged (`mlflow_answering` makes it a ServiceUnavailableError).
+    """
     seqs = audit_seqs(model.tags)
     seq = (seqs[-1] if seqs else 0) + 1
     stored = AuditRecord(**{**asdict(record), "seq": seq})
-    client.set_registered_model_tag(model.name, audit_key(seq), stored.to_json())
+    try:
+        client.set_registered_model_tag(model.name, audit_key(seq), stored.to_json())
+    except MlflowException as exc:
+        if server_unreachable(exc):
+            raise
+        raise _write_refused(
+            exc, model.name, _doing(record), f"audit record {audit_key(seq)}",
+            "Nothing was changed.",
+        ) from exc  # fmt: skip
     return stored
 
 
-def _verify(client: MlflowClient, model_name: str, target: _Aliases, record: AuditRecord) -> None:
-    """Re-read the registry and raise unless it holds exactly what this operation wrote."""
+def _record_problems(model: RegisteredModel, record: AuditRecord) -> list[str]:
+    """Why `record` is not (or no longer) the last stored audit record of `model`."""
+    assert record.seq is not None
+    key, problems = audit_key(record.seq), []
+    if model.tags.get(key) != record.to_json():
+        problems.append(f"audit record {key} was overwritten or is missing")
+    if (last := audit_seqs(model.tags)[-1:]) and last[0] > record.seq:
+        problems.append(f"a later audit record {audit_key(last[0])} was stored by another writer")
+    return problems
+
+
+def _check_stored(
+    client: MlflowClient, model_name: str, before: _Aliases, record: AuditRecord
+) -> None:
+    """Re-read after storing the audit record and before moving any alias: the record must be
+    ours and the last one, and champion / previous-champion where they were read. Without a lock
+    this is where a second writer that read the same state is caught, before it moves anything."""
+    model = client.get_registered_model(model_name)
+    problems = _record_problems(model, record)
+    now = _Aliases.of(model)
+    if (now.champion, now.previous) != (before.champion, before.previous):
+        problems.append(
+            f"champion / previous-champion are {now.champion} / {now.previous}, not "
+            f"{before.champion} / {before.previous} as read (if that writer stored its audit "
+            f"record as {audit_key(record.seq or 0)} too, this one overwrote it)"
+        )
+    if problems:
+        undone = _undo(client, model_name, before, before, record)
+        raise _raced(model_name, _doing(record), problems, undone)
+
+
+def _verify(
+    client: MlflowClient, model_name: str, target: _Aliases, record: AuditRecord
+) -> list[str]:
+    """Re-read the registry: how it differs from exactly what this operation wrote (empty: not)."""
     model = client.get_registered_model(model_name)
     after = _Aliases.of(model)
     problems = []
@@ -397,21 +485,13 @@ def _verify(client: MlflowClient, model_name: str, target: _Aliases, record: Aud
         problems.append(f"previous-champion is {after.previous}, expected {target.previous}")
     if after.champion is not None and after.champion == after.previous:
         problems.append("champion and previous-champion point at the same version")
-    assert record.seq is not None
-    if model.tags.get(audit_key(record.seq)) != record.to_json():
-        problems.append(f"audit record {audit_key(record.seq)} was overwritten or is missing")
-    if problems:
-        raise RegistryError(
-            f"Model {model_name!r}: after {record.action} to version {record.to_version} the "
-            f"registry does not hold what was written: {'; '.join(problems)}. Another writer "
-            "changed it without the promotion lock; inspect the aliases and `mlre history`."
-        )
+    return problems + _record_problems(model, record)
 
 
 def _apply(
     client: MlflowClient, model: RegisteredModel, target: _Aliases, record: AuditRecord
 ) -> AuditRecord:
-    """Store the audit record, then move the aliases (champion first), then verify.
+    """Store the audit record, check it, then move the aliases (champion first), then verify.
 
     The record goes first, so an alias never points where the trail does not say (no orphan
     alias). A server that dies in between leaves the aliases behind the last record; running the
@@ -420,6 +500,7 @@ def _apply(
     before = _Aliases.of(model)
     stored = _append_audit(client, model, record)
     assert stored.seq is not None
+    _check_stored(client, model.name, before, stored)
     try:
         _write_aliases(client, model.name, target, before)
     except (MlflowException, OSError) as exc:
@@ -430,22 +511,54 @@ def _apply(
                 f"{audit_key(stored.seq)} was stored ({exc}). Once it answers, re-run the same "
                 f"{record.action}: it completes this one without a second record."
             ) from exc
-        _undo(client, model.name, before, target, stored.seq)
-        raise RegistryError(
-            f"Model {model.name!r}: {record.action} to version {record.to_version} failed and "
-            f"was undone ({exc}); fix the cause above and retry."
-        ) from exc
-    _verify(client, model.name, target, stored)
+        undone = _undo(client, model.name, before, target, stored)
+        raise _write_refused(exc, model.name, _doing(record), "the aliases", undone) from exc
+    if problems := _verify(client, model.name, target, stored):
+        undone = _undo(client, model.name, before, target, stored)
+        raise _raced(model.name, _doing(record), problems, undone)
     return stored
 
 
 def _undo(
-    client: MlflowClient, model_name: str, before: _Aliases, target: _Aliases, seq: int
-) -> None:
-    """Best effort: aliases back as they were, the record removed; log loudly if that fails."""
+    client: MlflowClient,
+    model_name: str,
+    before: _Aliases,
+    target: _Aliases,
+    record: AuditRecord | None,
+) -> str:
+    """Best effort: put back what this operation wrote and nobody changed since (an alias still at
+    its `target`, the audit record if it is still this one's); say what was done, log a failure."""
     try:
-        _write_aliases(client, model_name, before, target)
-        client.delete_registered_model_tag(model_name, audit_key(seq))
+        model = client.get_registered_model(model_name)
+        now = _Aliases.of(model)
+        # Only values still as this operation left them go back; another writer's stay.
+        restore = _Aliases(
+            *(
+                was if have == want else have
+                for was, want, have in zip(
+                    (before.champion, before.previous, before.challenger),
+                    (target.champion, target.previous, target.challenger),
+                    (now.champion, now.previous, now.challenger),
+                    strict=True,
+                )
+            )
+        )
+        _write_aliases(client, model_name, restore, now)
+        done = [
+            f"{alias} put back to {was}"
+            for alias, was, have in (
+                (CHAMPION, restore.champion, now.champion),
+                (PREVIOUS_CHAMPION, restore.previous, now.previous),
+                (CHALLENGER, restore.challenger, now.challenger),
+            )
+            if was != have
+        ]
+        if record is not None and record.seq is not None:
+            key = audit_key(record.seq)
+            if model.tags.get(key) == record.to_json():
+                client.delete_registered_model_tag(model_name, key)
+                done.append(f"its audit record {key} removed")
+        return f"Undone: {', '.join(done)}." if done else "Nothing it wrote was left to undo."
     except (MlflowException, OSError):
         log.exception(
             "Model %r: could not undo to champion=%s previous-champion=%s (audit record %s); "
@@ -453,7 +566,11 @@ def _undo(
             model_name,
             before.champion,
             before.previous,
-            audit_key(seq),
+            audit_key(record.seq or 0) if record else "none",
+        )
+        return (
+            f"Undoing it failed too (see the log): set champion={before.champion}, "
+            f"previous-champion={before.previous} by hand if they differ."
         )
 
 
@@ -501,8 +618,17 @@ def _complete(client: MlflowClient, model: RegisteredModel, record: AuditRecord)
         previous=_existing(client, model.name, _previous_after(record)),
         challenger=None if promoted and now.challenger == record.to_version else now.challenger,
     )
-    _write_aliases(client, model.name, target, now)
-    _verify(client, model.name, target, record)
+    doing = f"completing {_doing(record)}"
+    # The record is the interrupted operation's, not this call's to remove: only aliases go back.
+    try:
+        _write_aliases(client, model.name, target, now)
+    except MlflowException as exc:
+        if server_unreachable(exc):
+            raise
+        undone = _undo(client, model.name, now, target, None)
+        raise _write_refused(exc, model.name, doing, "the aliases", undone) from exc
+    if problems := _verify(client, model.name, target, record):
+        raise _raced(model.name, doing, problems, _undo(client, model.name, now, target, None))
     log.warning(
         "Model %r: completed the interrupted %s to version %s (%s).",
         model.name,

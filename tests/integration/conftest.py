@@ -21,9 +21,19 @@ _REDIS_DBS = itertools.count(1)
 SMALL = GeneratorConfig(n_customers=400, start=datetime(2026, 1, 1, tzinfo=UTC), days=6, seed=11)
 
 
-def recent_config(days: int = 6, n_customers: int = 400) -> GeneratorConfig:
-    """A small data set whose newest rows are from last midnight, so they are fresh now."""
-    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+# The clock of the tests that inject one (flow parameter `now`, `now=` / `predicted_at=` of the
+# core): mid-morning, so no window or partition day sits on a midnight, and a fixed date, so the
+# generated data (weekly seasonality follows the start's weekday) are the same every day.
+NOW = datetime(2026, 3, 18, 9, 30, tzinfo=UTC)
+
+
+def recent_config(
+    days: int = 6, n_customers: int = 400, *, now: datetime | None = None
+) -> GeneratorConfig:
+    """A small data set whose newest rows are from the midnight before `now`, so they are fresh
+    then. Default: the real clock, for code under test that reads it; tests that pass `now` down
+    to that code pass NOW here too and get the same data whatever day they run."""
+    today = (now or datetime.now(UTC)).replace(hour=0, minute=0, second=0, microsecond=0)
     return GeneratorConfig(
         n_customers=n_customers, start=today - timedelta(days=days), days=days, seed=11
     )

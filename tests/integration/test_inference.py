@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import mlflow
@@ -20,19 +20,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 
-from mlre.inference import (
-    ROWS_DROPPED,
-    ROWS_IN,
-    ROWS_SCORED,
-    InferenceError,
-    load_champion,
-    read_predictions,
-    score_frame,
-    write_predictions,
-)
+from mlre.errors import InferenceError
+from mlre.inference import ROWS_DROPPED, ROWS_IN, ROWS_SCORED, load_champion, score_frame
 from mlre.mlflow_uri import global_tracking_uri
+from mlre.prediction_log import read_predictions, write_predictions
 from mlre.registry import file_lock, promote
-from tests.integration.conftest import FeatureEnv, recent_config
+from tests.integration.conftest import NOW, FeatureEnv, recent_config
 from tests.support.mlflow_server import MlflowServer
 
 pytestmark = pytest.mark.integration
@@ -68,7 +61,7 @@ def tracking_uri(mlflow_server: MlflowServer) -> Iterator[str]:
 
 @pytest.fixture
 def env(make_feature_env: Callable[..., FeatureEnv]) -> FeatureEnv:
-    return make_feature_env("local", config=recent_config())
+    return make_feature_env("local", config=recent_config(now=NOW))
 
 
 def _transactions(env: FeatureEnv) -> pd.DataFrame:
@@ -114,13 +107,14 @@ def test_score_a_window_write_and_read_back_the_log(env: FeatureEnv, tracking_ur
     assert (version, service) == ("1", SERVICE)
     scored = score_frame(
         env.store, model, service, entities, model_name=name, model_version=version,
-        request_id_column="transaction_id",
+        request_id_column="transaction_id", predicted_at=NOW,
     )  # fmt: skip
 
     assert scored.attrs[ROWS_IN] == len(window) + 3
     assert scored.attrs[ROWS_DROPPED] == 3
     assert scored.attrs[ROWS_SCORED] == len(window) == len(scored)
     assert scored["score"].between(0, 1).all()
+    assert (scored["predicted_at"] == pd.Timestamp(NOW)).all()
     # Rows stay tied to their own request after Feast's reordering.
     by_request = window.set_index(window["transaction_id"].astype(str))
     expected_ts = by_request.loc[scored["request_id"], "event_timestamp"].to_numpy()
@@ -129,10 +123,10 @@ def test_score_a_window_write_and_read_back_the_log(env: FeatureEnv, tracking_ur
     if labels.nunique() == 2:  # a tiny window may hold no fraud at all
         assert roc_auc_score(labels, scored["score"]) > 0.5
 
-    path = write_predictions(scored, env.settings.lake_dir, name, run_id="run-1")
+    path = write_predictions(scored, env.settings.lake_dir, name, run_id="run-1", now=NOW)
 
     assert path.parent == env.settings.lake_dir / "predictions" / name
-    assert path.name == f"part-{datetime.now(UTC):%Y%m%d}-run-1.parquet"
+    assert path.name == f"part-{NOW:%Y%m%d}-run-1.parquet"  # the day of the clock it was given
     assert pq.read_schema(path).remove_metadata() == LOG_SCHEMA
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temp files left
     back = read_predictions(env.settings.lake_dir, name)
@@ -152,7 +146,7 @@ def test_score_a_window_write_and_read_back_the_log(env: FeatureEnv, tracking_ur
 
 
 def _log_frame(n: int = 5) -> pd.DataFrame:
-    now = pd.Timestamp.now(tz="UTC")
+    now = pd.Timestamp(NOW)
     return pd.DataFrame(
         {
             "customer_id": np.arange(n, dtype=np.int64),
@@ -171,14 +165,14 @@ def _log_frame(n: int = 5) -> pd.DataFrame:
 def test_failed_rename_leaves_no_partial_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    first = write_predictions(_log_frame(), tmp_path, "fraud", run_id="good")
+    first = write_predictions(_log_frame(), tmp_path, "fraud", run_id="good", now=NOW)
 
     def broken_replace(src: object, dst: object) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", broken_replace)
     with pytest.raises(InferenceError, match=rf"folder {tmp_path / 'predictions' / 'fraud'}"):
-        write_predictions(_log_frame(50), tmp_path, "fraud", run_id="bad")
+        write_predictions(_log_frame(50), tmp_path, "fraud", run_id="bad", now=NOW)
     monkeypatch.undo()
 
     assert [p.name for p in first.parent.iterdir()] == [first.name]  # not even a hidden temp
@@ -190,14 +184,14 @@ def test_unwritable_lake_is_named_and_leaves_nothing(tmp_path: Path) -> None:
     (tmp_path / "predictions").write_text("not a folder")
 
     with pytest.raises(InferenceError, match=rf"prediction folder {tmp_path / 'predictions'}"):
-        write_predictions(_log_frame(), tmp_path, "fraud", run_id="run-1")
+        write_predictions(_log_frame(), tmp_path, "fraud", run_id="run-1", now=NOW)
 
     assert [p.name for p in tmp_path.iterdir()] == ["predictions"]
     assert read_predictions(tmp_path, "fraud").empty
 
 
 def test_readers_ignore_hidden_temp_files(tmp_path: Path) -> None:
-    path = write_predictions(_log_frame(), tmp_path, "fraud", run_id="run-1")
+    path = write_predictions(_log_frame(), tmp_path, "fraud", run_id="run-1", now=NOW)
     (path.parent / ".part-20260101-run-2.parquet.abc.tmp").write_bytes(b"PAR1 half a file")
 
     assert len(read_predictions(tmp_path, "fraud")) == 5
@@ -205,9 +199,11 @@ def test_readers_ignore_hidden_temp_files(tmp_path: Path) -> None:
 
 def test_missing_log_columns_and_unsafe_names_are_refused(tmp_path: Path) -> None:
     with pytest.raises(InferenceError, match=r"lacks column\(s\) \['score'\]"):
-        write_predictions(_log_frame().drop(columns="score"), tmp_path, "fraud", run_id="r")
+        write_predictions(
+            _log_frame().drop(columns="score"), tmp_path, "fraud", run_id="r", now=NOW
+        )
     with pytest.raises(InferenceError, match=r"run_id '\.\./escape'"):
-        write_predictions(_log_frame(), tmp_path, "fraud", run_id="../escape")
+        write_predictions(_log_frame(), tmp_path, "fraud", run_id="../escape", now=NOW)
     assert not (tmp_path / "predictions").exists()
 
 

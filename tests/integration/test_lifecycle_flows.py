@@ -9,16 +9,19 @@ import pytest
 from mlflow import MlflowClient
 
 from flows.evaluation import EvaluateParams, evaluate_model
+from flows.inference import BatchInferenceParams
+from flows.materialize import MaterializeParams
 from flows.pipeline import PipelineParams, ml_pipeline
 from flows.promotion import rollback_model
 from flows.training import TrainParams, train_model
 from mlre import registry
 from mlre.evaluation import GateConfig
-from mlre.inference import read_predictions
+from mlre.prediction_log import read_predictions
 from mlre.settings import get_settings
-from tests.integration.conftest import recent_config
+from mlre.supervisor import free_port
+from mlre.training import TrainingError
+from tests.integration.conftest import NOW, recent_config
 from tests.support.prefect_runs import task_run_states
-from tests.support.servers import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 TRAIN = TrainParams(model_family="random_forest", validation_days=3, test_days=3)
@@ -29,7 +32,14 @@ def lifecycle_store(tmp_path_factory):
     """One materialized local store shared by the lifecycle tests (features are read-only here)."""
     from tests.integration.conftest import build_feature_env
 
-    return build_feature_env(tmp_path_factory, "local", recent_config(days=16, n_customers=1_200))
+    config = recent_config(days=16, n_customers=1_200, now=NOW)
+    return build_feature_env(tmp_path_factory, "local", config)
+
+
+def _pipeline(**params: object) -> PipelineParams:
+    """Pipeline parameters on the tests' clock: materialized up to NOW, scoring the day before."""
+    clock = {"materialize": MaterializeParams(end=NOW), "inference": BatchInferenceParams(now=NOW)}
+    return PipelineParams(**{**clock, **params})
 
 
 @pytest.fixture
@@ -39,7 +49,6 @@ def lifecycle(lifecycle_store, mlflow_server, prefect_harness, monkeypatch):
     monkeypatch.setenv("MLRE_HOME", str(lifecycle_store.settings.home))
     monkeypatch.setenv("MLRE_MLFLOW_URI", mlflow_server.tracking_uri)
     monkeypatch.setenv("MLRE_MODEL_NAME", model_name)
-    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
     get_settings.cache_clear()
     yield lifecycle_store, MlflowClient(mlflow_server.tracking_uri), model_name
     get_settings.cache_clear()
@@ -51,7 +60,7 @@ def _aliases(client: MlflowClient, model_name: str) -> dict[str, str]:
 
 def test_pipeline_promotes_first_model_then_gates_the_second(lifecycle) -> None:
     env, client, model_name = lifecycle
-    first = ml_pipeline(PipelineParams(train=TRAIN))
+    first = ml_pipeline(_pipeline(train=TRAIN))
     assert first.promoted, first.gate.reasons
     assert _aliases(client, model_name) == {registry.CHAMPION: first.version}
     version_tags = client.get_model_version(model_name, first.version).tags
@@ -61,25 +70,28 @@ def test_pipeline_promotes_first_model_then_gates_the_second(lifecycle) -> None:
     assert len(predictions) == first.scored["scored"] > 0
     assert set(predictions["model_version"]) == {first.version}
 
-    second = ml_pipeline(PipelineParams(train=TRAIN.model_copy(update={"seed": 1})))
+    second = ml_pipeline(_pipeline(train=TRAIN.model_copy(update={"seed": 1})))
     assert second.gate.champion_version == first.version  # judged against the first champion
-    aliases = _aliases(client, model_name)
-    if second.promoted:
-        assert aliases == {
-            registry.CHAMPION: second.version,
-            registry.PREVIOUS_CHAMPION: first.version,
-        }
-    else:
-        assert aliases[registry.CHAMPION] == first.version
+    # Pinned: on these seeded data (fixed dates, NOW) the seed-1 forest beats the seed-0 champion
+    # (ROC AUC 0.81 vs 0.76; its worst loss, PR AUC -0.006 and one slice -0.033, is well within
+    # the default gate's allowed drops), so the gate passes it and the pipeline promotes it.
+    assert second.promoted, second.gate.reasons
+    assert second.gate.reasons[0].startswith("Passed:")
+    assert _aliases(client, model_name) == {
+        registry.CHAMPION: second.version,
+        registry.PREVIOUS_CHAMPION: first.version,
+    }
     history = registry.history(client, model_name)
-    assert [r.to_version for r in history] == [first.version] + (
-        [second.version] if second.promoted else []
-    )
+    assert [r.to_version for r in history] == [first.version, second.version]
+    assert set(read_predictions(env.settings.lake_dir, model_name)["model_version"]) == {
+        first.version,
+        second.version,
+    }
 
 
 def test_refused_first_model_leaves_no_champion_and_skips_inference(lifecycle) -> None:
     _, client, model_name = lifecycle
-    summary = ml_pipeline(PipelineParams(train=TRAIN, gate=GateConfig(min_roc_auc=0.999)))
+    summary = ml_pipeline(_pipeline(train=TRAIN, gate=GateConfig(min_roc_auc=0.999)))
     assert not summary.promoted
     assert summary.champion_version is None
     assert summary.scored is None
@@ -90,15 +102,15 @@ def test_refused_first_model_leaves_no_champion_and_skips_inference(lifecycle) -
 
 def test_refusal_keeps_the_champion_and_rollback_restores_the_previous(lifecycle) -> None:
     _env, client, model_name = lifecycle
-    first = ml_pipeline(PipelineParams(train=TRAIN))
+    first = ml_pipeline(_pipeline(train=TRAIN))
     second = ml_pipeline(
-        PipelineParams(
+        _pipeline(
             train=TRAIN.model_copy(update={"seed": 2}),
             gate=GateConfig(max_auc_drop=1.0, max_pr_auc_drop=1.0, max_slice_auc_drop=1.0),
         )
     )
     assert second.promoted
-    refused = ml_pipeline(PipelineParams(train=TRAIN, gate=GateConfig(min_roc_auc=0.999)))
+    refused = ml_pipeline(_pipeline(train=TRAIN, gate=GateConfig(min_roc_auc=0.999)))
     assert not refused.promoted
     assert _aliases(client, model_name)[registry.CHAMPION] == second.version
 
@@ -130,8 +142,11 @@ def test_empty_training_window_fails_clearly_and_touches_nothing(lifecycle) -> N
     future = env.config.end + timedelta(days=30)
     state = train_model(TRAIN.model_copy(update={"start": future}), return_state=True)
     assert state.is_failed()
-    message = str(state.result(raise_on_failure=False))
-    assert "empty" in message.lower() or "no label" in message.lower()
+    error = state.result(raise_on_failure=False)
+    # Pinned: a window starting 30 days after the newest event holds no label event at all, so
+    # training stops at its first check (an empty label frame), before anything is registered.
+    assert type(error) is TrainingError, repr(error)
+    assert str(error).startswith("The label frame is empty: there are no label events")
     assert model_name not in [m.name for m in client.search_registered_models()]
 
 
@@ -139,7 +154,7 @@ def test_mlflow_unreachable_fails_after_retries_and_leaves_the_champion(
     lifecycle, monkeypatch
 ) -> None:
     _, client, model_name = lifecycle
-    first = ml_pipeline(PipelineParams(train=TRAIN))
+    first = ml_pipeline(_pipeline(train=TRAIN))
     dead = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLRE_MLFLOW_URI", dead)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

@@ -12,14 +12,18 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import mlflow
 import numpy as np
 import pytest
+import requests
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException, RestException
 from sklearn.linear_model import LogisticRegression
 
 from flows.locks import prefect_lock
+from mlre.errors import ServiceUnavailableError
 from mlre.mlflow_uri import global_tracking_uri
 from mlre.registry import (
     CHALLENGER,
@@ -357,28 +361,269 @@ def test_four_processes_racing_with_the_file_lock(
     assert sorted(r.to_version for r in records) == sorted(versions)
 
 
-def test_without_a_lock_the_post_state_check_catches_races(
+# --------------------------------------------------------------------------------------------
+# Without a lock: promotions forced to read the same state before either writes
+# --------------------------------------------------------------------------------------------
+
+WAIT_S = 60.0  # only bounds a broken choreography; every wait below is for an event
+Hook = Callable[[], object]
+
+
+def _nothing() -> None:
+    return None
+
+
+class _Scripted:
+    """An MlflowClient that runs `before` / `after` hooks around its first call of `method` (or
+    calls `instead`): the test decides at which exact call a promotion waits (no sleeps)."""
+
+    def __init__(
+        self,
+        client: MlflowClient,
+        method: str,
+        before: Hook = _nothing,
+        after: Hook = _nothing,
+        instead: Callable[..., Any] | None = None,
+    ) -> None:
+        self._client, self._method = client, method
+        self._before, self._after, self._instead = before, after, instead
+        self._fired = False
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self._client, name)
+        if name != self._method or self._fired:
+            return real
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self._fired = True
+            self._before()
+            try:
+                return (self._instead or real)(*args, **kwargs)
+            finally:
+                self._after()
+
+        return call
+
+
+def _unlocked(_name: str) -> contextlib.nullcontext[None]:
+    return contextlib.nullcontext()
+
+
+def _awaited(event: threading.Event, what: str) -> Hook:
+    """A hook that waits for `event` (set by the other promotion's thread)."""
+
+    def wait() -> None:
+        assert event.wait(WAIT_S), f"the other promotion never {what}"
+
+    return wait
+
+
+def _then(*hooks: Hook) -> Hook:
+    return lambda: [hook() for hook in hooks]
+
+
+# A promotion stores its audit record with its first (and only) set_registered_model_tag call,
+# after every read its decision needs: holding both promotions there means both read the registry
+# before either wrote anything.
+STORE_RECORD = "set_registered_model_tag"
+Outcome = AuditRecord | BaseException
+
+
+def _race(
+    clients: dict[str, Any], name: str, finished: dict[str, threading.Event] | None = None
+) -> dict[str, Outcome]:
+    """Promote each version from its own thread, unlocked, each through its own client; what each
+    returned or raised (any exception: the tests assert its exact type). `finished[v]` is set
+    when version v's promotion has returned or raised."""
+    finished = finished or {}
+
+    def run(version: str) -> Outcome:
+        try:
+            return _promote(clients[version], name, version, _unlocked)
+        except Exception as exc:  # returned: the tests assert its exact type
+            return exc
+        finally:
+            if version in finished:
+                finished[version].set()
+
+    with ThreadPoolExecutor(len(clients)) as pool:
+        futures = {version: pool.submit(run, version) for version in clients}
+    return {version: future.result() for version, future in futures.items()}
+
+
+def _raced_error(outcome: Outcome, name: str, version: str) -> str:
+    """The outcome is the project's RegistryError naming the model, its version, the lock and
+    what to do; never a raw MLflow exception."""
+    assert type(outcome) is RegistryError, repr(outcome)
+    message = str(outcome)
+    for part in (f"Model {name!r}", f"to version {version}", "promotion lock", "retry"):
+        assert part in message, (part, message)
+    return message
+
+
+def _trail(client: MlflowClient, name: str) -> list[tuple[int | None, str, str | None, str]]:
+    return [(r.seq, r.action, r.from_version, r.to_version) for r in history(client, name)]
+
+
+def _champion_then_two(
+    client: MlflowClient, register: Register, lock: LockFactory
+) -> tuple[str, str, str, str]:
+    """A model whose v1 is champion (audit.000001) and two more READY versions a, b."""
+    name, (v1, a, b) = register(3)
+    _promote(client, name, v1, lock)
+    return name, v1, a, b
+
+
+def test_unlocked_promotions_that_both_store_a_record_the_later_writer_wins(
+    client: MlflowClient, register: Register, lock: LockFactory
+) -> None:
+    """Both read champion v1, then A stores audit.000002, then B stores it too (a sequential
+    write: the server overwrites A's), then both go on. A's check before moving any alias sees
+    its record gone; B's sees its own record, the last, and the aliases as read."""
+    name, v1, a, b = _champion_then_two(client, register, lock)
+    both_read = threading.Barrier(2, timeout=WAIT_S)
+    a_stored, b_stored = threading.Event(), threading.Event()
+    clients = {
+        a: _Scripted(client, STORE_RECORD, before=both_read.wait,
+                     after=_then(a_stored.set, _awaited(b_stored, "stored its record"))),
+        b: _Scripted(client, STORE_RECORD,
+                     before=_then(both_read.wait, _awaited(a_stored, "stored its record")),
+                     after=b_stored.set),
+    }  # fmt: skip
+
+    outcomes = _race(clients, name)
+
+    # The first writer is the one detected, and it had moved nothing.
+    message = _raced_error(outcomes[a], name, a)
+    assert "audit record audit.000002 was overwritten" in message
+    assert "Nothing it wrote was left to undo" in message
+    # The later writer survives: the registry holds exactly what it wrote, nothing of A.
+    survivor = outcomes[b]
+    assert isinstance(survivor, AuditRecord), repr(survivor)
+    assert (survivor.seq, survivor.from_version, survivor.to_version) == (2, v1, b)
+    assert _aliases(client, name) == {CHAMPION: b, PREVIOUS_CHAMPION: v1}
+    assert _trail(client, name) == [(1, "promote", None, v1), (2, "promote", v1, b)]
+    assert history(client, name)[-1] == survivor
+    assert client.get_model_version(name, a).aliases == []
+
+
+def test_unlocked_promotion_finishing_in_between_is_caught_by_the_later_one(
+    client: MlflowClient, register: Register, lock: LockFactory
+) -> None:
+    """Both read champion v1, then A runs to its end, then B stores its record: on A's number,
+    over A's record. B's check sees the aliases moved and undoes itself before moving any."""
+    name, v1, a, b = _champion_then_two(client, register, lock)
+    both_read = threading.Barrier(2, timeout=WAIT_S)
+    finished = {a: threading.Event(), b: threading.Event()}
+    clients = {
+        a: _Scripted(client, STORE_RECORD, before=both_read.wait),
+        b: _Scripted(client, STORE_RECORD,
+                     before=_then(both_read.wait, _awaited(finished[a], "finished"))),
+    }  # fmt: skip
+
+    outcomes = _race(clients, name, finished)
+
+    survivor = outcomes[a]
+    assert isinstance(survivor, AuditRecord), repr(survivor)
+    assert (survivor.seq, survivor.from_version, survivor.to_version) == (2, v1, a)
+    message = _raced_error(outcomes[b], name, b)
+    assert f"champion / previous-champion are {a} / {v1}, not {v1} / None as read" in message
+    assert "this one overwrote it" in message
+    assert "Undone: its audit record audit.000002 removed" in message
+    # B took back everything it wrote: the aliases are A's. A's record, though, was overwritten
+    # by B's before anyone could know: the check turns the race into an error naming it, it
+    # cannot give back what another writer lost. That is what the promotion lock is for.
+    assert _aliases(client, name) == {CHAMPION: a, PREVIOUS_CHAMPION: v1}
+    assert _trail(client, name) == [(1, "promote", None, v1)]
+    assert client.get_model_version(name, b).aliases == []
+
+
+def _unique_clash(name: str, key: str) -> Callable[..., Any]:
+    """What the server answers the loser of two simultaneous inserts of the same tag (SQLite)."""
+
+    def refuse(*_args: Any, **_kwargs: Any) -> Any:
+        raise RestException({
+            "error_code": "BAD_REQUEST",
+            "message": "(sqlite3.IntegrityError) UNIQUE constraint failed: registered_model_tags"
+            f".workspace, registered_model_tags.key, registered_model_tags.name [{key}, {name}]",
+        })  # fmt: skip
+
+    return refuse
+
+
+def test_unlocked_write_the_server_refuses_is_a_registry_error_and_changes_nothing(
+    client: MlflowClient, register: Register, lock: LockFactory
+) -> None:
+    """Both read champion v1, then A stores audit.000002 and B's store of the same tag is
+    refused by the server the way SQLite refuses the loser of two simultaneous inserts (the
+    exact error that used to escape as a raw RestException). Inserting simultaneously inside the
+    server cannot be forced from a client, so the refusal is the server's answer, replayed."""
+    name, v1, a, b = _champion_then_two(client, register, lock)
+    both_read = threading.Barrier(2, timeout=WAIT_S)
+    a_stored, b_refused = threading.Event(), threading.Event()
+    clients = {
+        a: _Scripted(client, STORE_RECORD, before=both_read.wait,
+                     after=_then(a_stored.set, _awaited(b_refused, "tried to store"))),
+        b: _Scripted(client, STORE_RECORD,
+                     before=_then(both_read.wait, _awaited(a_stored, "stored its record")),
+                     after=b_refused.set, instead=_unique_clash(name, "audit.000002")),
+    }  # fmt: skip
+
+    outcomes = _race(clients, name)
+
+    message = _raced_error(outcomes[b], name, b)
+    assert "failed writing audit record audit.000002" in message
+    assert "UNIQUE constraint failed" in message
+    assert "Nothing was changed" in message
+    assert isinstance(outcomes[b].__cause__, RestException)
+    survivor = outcomes[a]
+    assert isinstance(survivor, AuditRecord), repr(survivor)
+    assert _aliases(client, name) == {CHAMPION: a, PREVIOUS_CHAMPION: v1}
+    assert _trail(client, name) == [(1, "promote", None, v1), (2, "promote", v1, a)]
+    assert history(client, name)[-1] == survivor
+
+
+def _no_answer(*_args: Any, **_kwargs: Any) -> Any:
+    """How the MLflow client fails when the server does not answer (a refused connection)."""
+    try:
+        raise requests.exceptions.ConnectionError("Connection refused")
+    except requests.exceptions.ConnectionError as exc:
+        raise MlflowException(f"API request failed with exception {exc}") from exc
+
+
+def test_a_server_that_does_not_answer_stays_service_unavailable(
+    client: MlflowClient, register: Register, lock: LockFactory
+) -> None:
+    """Not an answer, so not a conflict: the transient error flows retry, nothing written."""
+    name, v1, a, _b = _champion_then_two(client, register, lock)
+    scripted = _Scripted(client, STORE_RECORD, instead=_no_answer)
+
+    with pytest.raises(ServiceUnavailableError, match=rf"did not answer.*{name}.*version {a}"):
+        _promote(scripted, name, a, lock)
+
+    assert _aliases(client, name) == {CHAMPION: v1}
+    assert _trail(client, name) == [(1, "promote", None, v1)]
+
+
+def test_ten_unlocked_threads_raise_only_registry_errors(
     client: MlflowClient, register: Register
 ) -> None:
-    """Shows the race the lock prevents; asserts only that nothing passes unverified."""
+    """Free-running threads: the interleaving differs run to run, what is asserted holds for
+    every one of them. Each promotion re-reads the registry after storing its record and after
+    moving the aliases (its record intact and the last one, the aliases as read / as written), so
+    when all report ok no two shared a record number and the registry is consistent."""
     name, versions = register(10)
-    start = threading.Barrier(len(versions))
+    start = threading.Barrier(len(versions), timeout=WAIT_S)
+    clients = {v: _Scripted(client, "get_registered_model", before=start.wait) for v in versions}
 
-    def race(version: str) -> str:
-        start.wait()
-        try:
-            _promote(client, name, version, lambda _name: contextlib.nullcontext())
-        except RegistryError:
-            return "detected"
-        return "ok"
+    outcomes = _race(clients, name)
 
-    with ThreadPoolExecutor(len(versions)) as pool:
-        outcomes = list(pool.map(race, versions))
-
-    records, aliases = history(client, name), _aliases(client, name)
-    print(f"\nunlocked race: {outcomes.count('detected')}/10 detected, {len(records)} records")
-    print(f"unlocked race: aliases {aliases}")
-    assert set(outcomes) <= {"ok", "detected"}
+    errors = {v: o for v, o in outcomes.items() if not isinstance(o, AuditRecord)}
+    for version, error in errors.items():
+        _raced_error(error, name, version)
+    print(f"\nunlocked race: {len(errors)}/10 detected, {len(history(client, name))} records")
+    if not errors:
+        _assert_consistent(client, name, len(versions))
 
 
 @pytest.mark.fault("4 concurrent promotions (Prefect lock)")

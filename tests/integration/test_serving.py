@@ -23,15 +23,16 @@ from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 
 from mlre.canary import CANARY_SHARE_TAG, in_canary
-from mlre.inference import read_predictions
 from mlre.mlflow_uri import global_tracking_uri
+from mlre.prediction_log import read_predictions
 from mlre.serving_config import ServingConfig
 from mlre.settings import PROJECT_ROOT, Settings
+from mlre.supervisor import free_port
+from mlre.waiting import wait_until
 from serving.app import create_app
 from serving.features import plan_service, read_features
 from serving.models import mlflow_loader
 from tests.integration.conftest import FeatureEnv, build_feature_env, recent_config
-from tests.support.servers import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -147,8 +148,8 @@ def local_env(tmp_path_factory: pytest.TempPathFactory) -> FeatureEnv:
 
 @pytest.fixture(scope="module")
 def two_versions(local_env: FeatureEnv, mlflow_server) -> tuple[str, str, str]:
-    """(model name, v1, v2) registered on the real MLflow server; v1 is champion."""
-    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "true"
+    """(model name, v1, v2) registered on the real MLflow server; v1 is champion. The service
+    loads them with skops and our own trusted types: no MLflow pickle switch is set."""
     name = f"serve-{uuid.uuid4().hex[:8]}"
     v1 = register_model(local_env, mlflow_server.tracking_uri, name, seed=0)
     v2 = register_model(local_env, mlflow_server.tracking_uri, name, seed=1)
@@ -180,12 +181,7 @@ def _predict(client: TestClient, instances: list[dict]) -> list[dict]:
 
 
 def _wait(condition, timeout_s: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    wait_until(condition, timeout_s=timeout_s, what=what, interval_s=0.1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -413,7 +409,8 @@ def test_sigterm_flushes_every_prediction(local_env, two_versions, mlflow_server
         # Nothing is written before SIGTERM: the shutdown flush has to write every row.
         "MLRE_SERVING_LOG_FLUSH_INTERVAL_S": "3600",
         "MLRE_SERVING_LOG_FLUSH_ROWS": "1000000",
-        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true",
+        # As in production: the service refuses MLflow's pickle loading (python -m serving).
+        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
     }
     lake = Path(local_env.settings.lake_dir)
     before = len(read_predictions(lake, name))

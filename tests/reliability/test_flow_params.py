@@ -19,10 +19,9 @@ from flows.materialize import MaterializeParams, materialize_features
 from flows.promotion import promote_model, rollback_model
 from flows.training import TrainParams, train_model
 from mlre.data.lake import WindowError
-from mlre.errors import ConfigError, FeatureStoreError, SourceDataError
+from mlre.errors import ConfigError, FeatureStoreError, InferenceError, SourceDataError
 from mlre.features.consistency import sample_keys
 from mlre.features.materialize import view_spec
-from mlre.inference import InferenceError
 from mlre.registry import RegistryError
 from mlre.training import TrainingError
 from tests.reliability.harness import Platform, assert_refused

@@ -1,6 +1,6 @@
 """Run one project function in a child process under a real OS-level fault.
 
-`run_in_child("mlre.inference:write_predictions", kwargs, workdir, ...)` pickles the keyword
+`run_in_child("mlre.prediction_log:write_predictions", kwargs, workdir, ...)` pickles the keyword
 arguments, starts `python -m tests.support.child` and reports what the call raised
 (`start_child`/`finish_child` run several at once):
 

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
@@ -9,8 +15,29 @@ from mlre import canary
 
 pytestmark = pytest.mark.unit
 
-RNG = np.random.default_rng(0)
-BASE = RNG.beta(2, 8, 5_000)
+# The champion's score distribution every comparison starts from: its own seeded generator, so
+# no test's draws depend on which tests ran before it.
+BASE = np.random.default_rng(0).beta(2, 8, 5_000)
+
+# Computed once (sha256 of str(key), first 8 bytes big-endian, mod 10 000) and written here: an
+# entity's arm must not move between processes or releases, so a change of hash, key encoding or
+# BUCKETS shows up as a failing test, not as customers silently switching models mid-canary.
+GOLDEN_BUCKETS: dict[int | str, int] = {
+    0: 6040,
+    1: 2913,
+    2: 2446,
+    42: 2637,
+    1_234_567: 7599,
+    1_000_000_003: 4038,
+    "customer-7": 5368,
+    "abc": 74,
+}
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """A generator seeded per test: the same draws whatever ran before."""
+    return np.random.default_rng(20260318)
 
 
 def test_routing_is_sticky_monotone_and_close_to_the_share() -> None:
@@ -20,9 +47,39 @@ def test_routing_is_sticky_monotone_and_close_to_the_share() -> None:
     assert small <= large  # raising the share only adds entities
     assert abs(len(small) / 20_000 - 0.05) < 0.01
     assert abs(len(large) / 20_000 - 0.25) < 0.015
-    assert [canary.bucket(k) for k in (1, 2, 3)] == [canary.bucket(k) for k in (1, 2, 3)]
     assert not any(canary.in_canary(k, 0.0) for k in range(1_000))
     assert all(canary.in_canary(k, 1.0) for k in range(1_000))
+
+
+@pytest.mark.parametrize(("key", "expected"), GOLDEN_BUCKETS.items())
+def test_bucket_matches_its_golden_value(key: int | str, expected: int) -> None:
+    assert canary.bucket(key) == expected
+    assert canary.bucket(str(key)) == expected  # keys are hashed as text: 42 and "42" agree
+    assert canary.in_canary(key, 0.25) == (expected < 2_500)
+
+
+_CHILD_BUCKETS = """
+import json, sys
+from mlre import canary
+keys = json.loads(sys.argv[1])
+print(json.dumps([canary.bucket(k) for k in keys]))
+"""
+
+
+@pytest.mark.parametrize("hash_seed", ["0", "4242"])
+def test_buckets_are_the_same_in_another_process_with_another_hash_seed(hash_seed: str) -> None:
+    """Python's own hash() of str changes with PYTHONHASHSEED; the bucket must not."""
+    keys = list(GOLDEN_BUCKETS)
+    child = subprocess.run(
+        [sys.executable, "-c", _CHILD_BUCKETS, json.dumps(keys)],
+        env={**os.environ, "PYTHONHASHSEED": hash_seed},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert child.returncode == 0, child.stderr
+    assert json.loads(child.stdout) == list(GOLDEN_BUCKETS.values())
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan")])
@@ -36,8 +93,10 @@ def test_share_tag_parsing_never_raises(text: str | None, share: float) -> None:
     assert canary.parse_share(text) == share
 
 
-def test_psi_and_js_are_small_for_same_distribution_large_for_a_shift() -> None:
-    same = RNG.beta(2, 8, 5_000)
+def test_psi_and_js_are_small_for_same_distribution_large_for_a_shift(
+    rng: np.random.Generator,
+) -> None:
+    same = rng.beta(2, 8, 5_000)
     shifted = np.clip(same + 0.3, 0, 1)
     assert canary.psi(BASE, same) < 0.05
     assert canary.psi(BASE, shifted) > 1.0
@@ -93,29 +152,39 @@ def _evidence(canary_scores: np.ndarray, canary_arm: canary.ArmStats | None = No
     )
 
 
-def test_healthy_step_passes_with_its_numbers() -> None:
-    decision = canary.decide_step(_evidence(RNG.beta(2, 8, 2_000)), canary.CanaryThresholds())
+def test_healthy_step_passes_with_its_numbers(rng: np.random.Generator) -> None:
+    decision = canary.decide_step(_evidence(rng.beta(2, 8, 2_000)), canary.CanaryThresholds())
     assert decision.healthy, decision.reasons
     assert decision.measures["psi"] < 0.2
     assert decision.row()["reasons"] == "all checks passed"
 
 
+Scores = Callable[[np.random.Generator], np.ndarray]
+
+
 @pytest.mark.parametrize(
     ("scores", "arm", "needle"),
     [
-        (np.clip(RNG.beta(2, 8, 2_000) + 0.3, 0, 1), None, "PSI"),
-        (np.full(2_000, 0.1), None, "constant"),
-        (RNG.beta(2, 8, 2_000) * 1.5, None, "outside [0, 1]"),
-        (RNG.beta(2, 8, 2_000), canary.ArmStats(predictions=90, errors=10), "error rate"),
+        (lambda rng: np.clip(rng.beta(2, 8, 2_000) + 0.3, 0, 1), None, "PSI"),
+        (lambda rng: np.full(2_000, 0.1), None, "constant"),
+        (lambda rng: rng.beta(2, 8, 2_000) * 1.5, None, "outside [0, 1]"),
         (
-            RNG.beta(2, 8, 2_000),
+            lambda rng: rng.beta(2, 8, 2_000),
+            canary.ArmStats(predictions=90, errors=10),
+            "error rate",
+        ),
+        (
+            lambda rng: rng.beta(2, 8, 2_000),
             canary.ArmStats(predictions=100, buckets=((0.01, 0.0), (0.25, 100.0))),
             "p99 latency",
         ),
     ],
+    ids=["psi", "constant", "out-of-range", "error-rate", "p99-latency"],
 )
-def test_each_breach_fails_the_step_and_says_why(scores, arm, needle) -> None:
-    decision = canary.decide_step(_evidence(scores, arm), canary.CanaryThresholds())
+def test_each_breach_fails_the_step_and_says_why(
+    scores: Scores, arm: canary.ArmStats | None, needle: str, rng: np.random.Generator
+) -> None:
+    decision = canary.decide_step(_evidence(scores(rng), arm), canary.CanaryThresholds())
     assert not decision.healthy
     assert any(needle in reason for reason in decision.reasons), decision.reasons
 
