@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -95,6 +96,35 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
     landed = land_demo_sources(config, settings.lake_dir, now=datetime.now(UTC))
     for name, rows in landed.rows.items():
         _echo(f"  {name:<24} {rows:>10,} rows  -> {landed.folders[name]}")
+    return 0
+
+
+def _configure_apply(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repo", type=Path, help="Feast repository (default: MLRE_FEATURE_REPO)")
+    parser.add_argument(
+        "--profile", choices=["local", "production"], help="default: MLRE_STORE_PROFILE"
+    )
+
+
+@command(
+    "apply",
+    help="sync the Feast registry with the feature repo (what `feast apply` registers)",
+    configure=_configure_apply,
+)
+def _apply(args: argparse.Namespace, settings: Settings) -> int:
+    from mlre.features.store import apply_repo, open_store
+
+    store = open_store(settings, args.repo, args.profile)
+    repo = Path(store.config.repo_path or settings.feature_repo)
+    _echo(f"applying {repo} to project {store.project!r} ...")
+    summary = apply_repo(store, repo, settings)
+    for kind, names in (
+        ("entities", summary.entities),
+        ("feature views", summary.feature_views),
+        ("on-demand views", summary.on_demand_feature_views),
+        ("feature services", summary.feature_services),
+    ):
+        _echo(f"  {kind:<17} {', '.join(names) or '-'}")
     return 0
 
 

@@ -2,8 +2,13 @@
 
 Source paths are rooted at the settings' lake (`Settings.lake_uri`: MLRE_OFFLINE_URI, s3://... in
 the cloud, else MLRE_HOME/lake). Feast evaluates definitions on import, by design, so the root is
-asked for once, here: `mlre features apply` passes the settings it runs with, a bare `feast`
-command gets the process's own (mlre.features.store.repo_lake_uri).
+asked for once, here: `mlre apply` passes the settings it runs with, a bare `feast` command gets
+the process's own (mlre.features.store.repo_lake_uri).
+
+Every field carries its contract (`contract(...)`: value range, nullability) as Field tags; source
+validation reads them back from the registry. The ranges are generous sanity bounds: they catch
+unit mistakes (cents for units, a share in percent), not drift. Missing values are allowed (the
+models impute them) and channels are not closed (a new one is drift, which the drift check sees).
 """
 
 from __future__ import annotations
@@ -16,9 +21,13 @@ from feast import Entity, FeatureService, FeatureView, Field, FileSource, Reques
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64, String
 
+from mlre.features.contracts import contract
 from mlre.features.store import repo_lake_uri
 
 LAKE_URI = repo_lake_uri()
+COUNT = contract(min=0, max=1e9)  # a count of events
+SHARE = contract(min=0, max=1)  # a fraction of a count
+AMOUNT = contract(min=0, max=1e12)  # money, in currency units (not cents)
 
 # A card holder; every behavioural aggregate is keyed by it.
 customer = Entity(
@@ -52,15 +61,39 @@ customer_daily_stats_fv = FeatureView(
     entities=[customer],
     ttl=timedelta(days=2),
     schema=[
-        Field(name="txn_count_1d", dtype=Int64, description="Transactions in the day."),
-        Field(name="txn_amount_sum_1d", dtype=Float64, description="Total spend in the day."),
-        Field(name="txn_amount_avg_1d", dtype=Float64, description="Mean transaction amount."),
-        Field(name="txn_amount_max_1d", dtype=Float64, description="Largest transaction."),
-        Field(name="distinct_merchants_1d", dtype=Int64, description="Distinct merchants."),
-        Field(name="night_txn_share_1d", dtype=Float64, description="Share between 0h and 6h."),
-        Field(name="foreign_txn_share_1d", dtype=Float64, description="Share abroad."),
-        Field(name="avg_amount_30d", dtype=Float64, description="30-day mean amount."),
-        Field(name="chargeback_count_90d", dtype=Int64, description="Chargebacks in 90 days."),
+        Field(name="txn_count_1d", dtype=Int64, description="Transactions in the day.", tags=COUNT),
+        Field(
+            name="txn_amount_sum_1d",
+            dtype=Float64,
+            description="Total spend in the day.",
+            tags=AMOUNT,
+        ),
+        Field(
+            name="txn_amount_avg_1d",
+            dtype=Float64,
+            description="Mean transaction amount.",
+            tags=AMOUNT,
+        ),
+        Field(
+            name="txn_amount_max_1d", dtype=Float64, description="Largest transaction.", tags=AMOUNT
+        ),
+        Field(
+            name="distinct_merchants_1d", dtype=Int64, description="Distinct merchants.", tags=COUNT
+        ),
+        Field(
+            name="night_txn_share_1d",
+            dtype=Float64,
+            description="Share between 0h and 6h.",
+            tags=SHARE,
+        ),
+        Field(name="foreign_txn_share_1d", dtype=Float64, description="Share abroad.", tags=SHARE),
+        Field(name="avg_amount_30d", dtype=Float64, description="30-day mean amount.", tags=AMOUNT),
+        Field(
+            name="chargeback_count_90d",
+            dtype=Int64,
+            description="Chargebacks in 90 days.",
+            tags=COUNT,
+        ),
         Field(name="preferred_channel", dtype=String, description="Most used channel."),
     ],
     source=customer_daily_stats_source,
@@ -74,9 +107,18 @@ customer_hourly_stats_fv = FeatureView(
     entities=[customer],
     ttl=timedelta(days=1),
     schema=[
-        Field(name="txn_count_1h", dtype=Int64, description="Transactions in the hour."),
-        Field(name="txn_amount_sum_1h", dtype=Float64, description="Spend in the hour."),
-        Field(name="failed_auth_count_1h", dtype=Int64, description="Failed authorisations."),
+        Field(
+            name="txn_count_1h", dtype=Int64, description="Transactions in the hour.", tags=COUNT
+        ),
+        Field(
+            name="txn_amount_sum_1h", dtype=Float64, description="Spend in the hour.", tags=AMOUNT
+        ),
+        Field(
+            name="failed_auth_count_1h",
+            dtype=Int64,
+            description="Failed authorisations.",
+            tags=COUNT,
+        ),
     ],
     source=customer_hourly_stats_source,
     online=True,

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 
+from mlre.data.files import require_parquet
 from mlre.data.generator import GeneratorConfig, Scenario, generate_sources, write_sources
 from mlre.data.validation import schemas_for_demo, validate_frame
 from mlre.errors import MlreError, SourceDataError
@@ -85,6 +85,16 @@ def check_window(
         )
 
 
+def lake_location(lake_uri: str | Path, relative: str) -> str:
+    """A location under the lake root (`Settings.lake_uri`, local or s3://...), or `relative`
+    itself when it is already absolute (a path or a URI); URI options (?region=) are kept."""
+    if "://" in relative or Path(relative).is_absolute():
+        return relative
+    root = str(lake_uri)
+    base, sep, query = root.partition("?")
+    return f"{base.rstrip('/')}/{relative.strip('/')}" + (f"?{query}" if sep else "")
+
+
 def read_events(
     folder: Path | str,
     *,
@@ -92,14 +102,10 @@ def read_events(
     end: datetime | None = None,
     timestamp_column: str = "event_timestamp",
 ) -> pd.DataFrame:
-    """Rows of a parquet source folder with start <= timestamp < end (filter pushed to the scan)."""
+    """Rows of a parquet source folder (local or s3://) with start <= timestamp < end, the filter
+    pushed into the scan."""
     check_window(start, end)
-    files = sorted(str(p) for p in Path(folder).glob("*.parquet") if not p.name.startswith("."))
-    if not files:
-        raise SourceDataError(
-            f"Source folder {folder} holds no parquet files; land the data first (mlre generate)."
-        )
-    dataset = pads.dataset(files, format="parquet")
+    listing = require_parquet(folder, SourceDataError)
     condition = None
     ts = pc.field(timestamp_column)
     if start is not None:
@@ -107,4 +113,4 @@ def read_events(
     if end is not None:
         upper = ts < pa.scalar(end, pa.timestamp("us", tz="UTC"))
         condition = upper if condition is None else condition & upper
-    return dataset.to_table(filter=condition).to_pandas()
+    return listing.dataset().to_table(filter=condition).to_pandas()

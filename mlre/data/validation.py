@@ -3,12 +3,18 @@
 Every check raises `SourceDataError` with a message naming the source and file, the column, what is
 wrong, up to three example rows (key and timestamp values) and what to do about it. Parquet files
 are read one at a time, in record batches and only the columns a check needs, so folders with
-millions of rows validate in bounded memory; duplicates across files are found with DuckDB, which
+millions of rows validate in bounded memory, locally or on S3 (pyarrow's filesystems, see
+`mlre.data.files`); duplicates across files are found with DuckDB over the Arrow stream, which
 spills to disk instead of holding every key in memory.
+
+Column kinds: `int`, `float`, `string`, `bool`, `timestamp`, `bytes`, `json` (a JSON text, or a
+nested column), `map` (a JSON-object text, a struct or an Arrow map), `struct`, `any` (present,
+type not checked) and `list<KIND>` for arrays of a kind.
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,10 +30,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mlre.data import generator as gen
+from mlre.data.files import ParquetListing, list_parquet
 from mlre.errors import SourceDataError
 
 Kind = Literal["int", "float", "string", "bool", "timestamp"]
-KINDS: tuple[str, ...] = ("int", "float", "string", "bool", "timestamp")
+KINDS: tuple[str, ...] = (
+    *("int", "float", "string", "bool", "timestamp"),
+    *("bytes", "json", "map", "struct", "any"),
+)
 
 DEFAULT_FUTURE_TOLERANCE = timedelta(minutes=5)
 _BATCH_ROWS = 262_144
@@ -49,6 +59,10 @@ class SourceSchema:
     allow_extra_columns: bool = True
     # column -> (low, high): values outside are "extreme" and rejected; NaN/null are not checked
     bounds: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    # column -> the only values a string column may hold (null is a missing value, allowed)
+    categories: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # columns that must hold a value in every row (NaN counts as missing)
+    not_null: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.key_columns:
@@ -56,11 +70,26 @@ class SourceSchema:
         object.__setattr__(self, "key_columns", tuple(self.key_columns))
         object.__setattr__(self, "columns", MappingProxyType(dict(self.columns)))
         object.__setattr__(self, "bounds", MappingProxyType(dict(self.bounds)))
+        categories = {c: tuple(v) for c, v in self.categories.items()}
+        object.__setattr__(self, "categories", MappingProxyType(categories))
+        object.__setattr__(self, "not_null", tuple(self.not_null))
         for column, kind in self.columns.items():
-            if kind not in KINDS:
+            if not is_kind(kind):
                 raise ValueError(
                     f"SourceSchema {self.name!r}: column {column!r} has kind {kind!r}; "
-                    f"use one of {', '.join(KINDS)}."
+                    f"use one of {', '.join(KINDS)} or list<KIND>."
+                )
+        for column in self.categories:
+            if self.kind_of(column) != "string":
+                raise ValueError(
+                    f"SourceSchema {self.name!r}: categories given for {column!r}, which is not "
+                    "a string column of the schema."
+                )
+        for column in self.not_null:
+            if column not in self.required_columns:
+                raise ValueError(
+                    f"SourceSchema {self.name!r}: not_null names {column!r}, which is not a "
+                    "column of the schema."
                 )
         for column in self.timestamp_columns:
             if self.columns.get(column, "timestamp") != "timestamp":
@@ -101,7 +130,7 @@ class ValidationReport:
     """What a successful validation looked at."""
 
     source: str
-    files: tuple[Path, ...]
+    files: tuple[str, ...]
     rows: int
     min_timestamp: datetime | None
     max_timestamp: datetime | None
@@ -141,17 +170,60 @@ def _examples(batch: pa.RecordBatch | pa.Table, mask: pa.Array, schema: SourceSc
 # --------------------------------------------------------------------------------------------
 
 
+def list_item(kind: str) -> str | None:
+    """The item kind of `list<KIND>`, else None."""
+    if kind.startswith("list<") and kind.endswith(">"):
+        return kind[len("list<") : -1]
+    return None
+
+
+def is_kind(kind: str) -> bool:
+    """A kind this module can check: a base kind or `list<KIND>` of one."""
+    item = list_item(kind)
+    return is_kind(item) if item is not None else kind in KINDS
+
+
+def _is_text(dtype: pa.DataType) -> bool:
+    return pa.types.is_string(dtype) or pa.types.is_large_string(dtype)
+
+
+def _is_list(dtype: pa.DataType) -> bool:
+    return (
+        pa.types.is_list(dtype)
+        or pa.types.is_large_list(dtype)
+        or pa.types.is_fixed_size_list(dtype)
+    )
+
+
+def _is_nested(dtype: pa.DataType) -> bool:
+    return pa.types.is_struct(dtype) or pa.types.is_map(dtype) or _is_list(dtype)
+
+
+_KIND_CHECKS = {
+    "int": pa.types.is_integer,
+    "float": pa.types.is_floating,
+    "string": _is_text,
+    "bool": pa.types.is_boolean,
+    "timestamp": pa.types.is_timestamp,
+    "bytes": lambda t: (
+        pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t)
+    ),
+    # Feast stores Json as text; it also serialises a nested value it is given.
+    "json": lambda t: _is_text(t) or _is_nested(t),
+    # Feast reads a Map from JSON-object text or a struct; an Arrow map is converted for it.
+    "map": lambda t: _is_text(t) or pa.types.is_struct(t) or pa.types.is_map(t),
+    "struct": pa.types.is_struct,
+    "any": lambda t: True,
+}
+
+
 def _kind_matches(kind: str, dtype: pa.DataType) -> bool:
     if pa.types.is_dictionary(dtype):
         return _kind_matches(kind, dtype.value_type)
-    checks = {
-        "int": pa.types.is_integer,
-        "float": pa.types.is_floating,
-        "string": lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
-        "bool": pa.types.is_boolean,
-        "timestamp": pa.types.is_timestamp,
-    }
-    return checks[kind](dtype)
+    item = list_item(kind)
+    if item is not None:
+        return _is_list(dtype) and _kind_matches(item, dtype.value_type)
+    return _KIND_CHECKS[kind](dtype)
 
 
 def _check_arrow_schema(arrow_schema: pa.Schema, schema: SourceSchema, where: str) -> None:
@@ -278,6 +350,68 @@ def _check_numbers(batch: pa.RecordBatch, schema: SourceSchema, where: str) -> N
             )
 
 
+def _check_contract(batch: pa.RecordBatch, schema: SourceSchema, where: str) -> None:
+    """Declared non-null columns hold a value in every row; categorical ones only known values."""
+    for column in schema.not_null:
+        bad = pc.is_null(batch.column(column), nan_is_null=True)
+        if pc.any(bad).as_py():
+            raise _error(
+                where,
+                column,
+                f"at least {pc.sum(bad).as_py()} rows have no value, but the contract says the "
+                "column is never null",
+                "Fill the values upstream, or declare the field nullable in the feature repo "
+                "(Field tag contract:nullable).",
+                _examples(batch, bad, schema),
+            )
+    for column, allowed in schema.categories.items():
+        array = batch.column(column)
+        if pa.types.is_dictionary(array.type):
+            array = array.dictionary_decode()
+        known = pc.is_in(array, value_set=pa.array(allowed, array.type))
+        bad = pc.and_(pc.is_valid(array), pc.invert(pc.fill_null(known, False)))
+        if pc.any(bad).as_py():
+            unknown = pc.unique(pc.filter(array, bad)).to_pylist()[:_MAX_EXAMPLES]
+            raise _error(
+                where,
+                column,
+                f"at least {pc.sum(bad).as_py()} rows hold categories outside the contract "
+                f"{list(allowed)} (e.g. {unknown})",
+                "Fix the producer's spelling or codes, or add the category to the field's "
+                "contract:categories tag in the feature repo.",
+                _examples(batch, bad, schema),
+            )
+
+
+def _json_ok(text: str | None, kind: str) -> bool:
+    if text is None:
+        return True
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return False
+    return kind == "json" or isinstance(value, dict)
+
+
+def _check_json_text(batch: pa.RecordBatch, schema: SourceSchema, where: str) -> None:
+    """Json and Map columns stored as text hold JSON (an object, for a Map) in every row."""
+    for column in schema.required_columns:
+        kind = schema.kind_of(column)
+        array = batch.column(column)
+        if kind not in ("json", "map") or not _is_text(array.type):
+            continue
+        bad = pa.array([not _json_ok(v, kind) for v in array.to_pylist()], pa.bool_())
+        if pc.any(bad).as_py():
+            shape = "a JSON object" if kind == "map" else "JSON"
+            raise _error(
+                where,
+                column,
+                f"at least {pc.sum(bad).as_py()} rows hold text that is not {shape}",
+                f"Write the column as {shape} text (json.dumps), or null for a missing value.",
+                _examples(batch, bad, schema),
+            )
+
+
 @dataclass
 class _Span:
     """Running row count and timestamp range over batches."""
@@ -306,6 +440,8 @@ def _check_batches(
         _check_nulls(batch, schema, where)
         _check_future(batch, schema, where, limit_us, now)
         _check_numbers(batch, schema, where)
+        _check_contract(batch, schema, where)
+        _check_json_text(batch, schema, where)
         span.add(batch, schema.timestamp_column)
     return span
 
@@ -386,35 +522,35 @@ def validate_frame(
 # --------------------------------------------------------------------------------------------
 
 
-def _parquet_files(path: Path, where: str) -> list[Path]:
-    """A single file, or every visible parquet file under a folder (hidden/temp files skipped)."""
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise _error(where, None, f"path {path} does not exist", "Write the source first.")
-    # Readers (pyarrow datasets, Feast) skip names starting with "." or "_": so do we.
-    files = sorted(
-        p
-        for p in path.rglob("*.parquet")
-        if not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
-    )
-    if not files:
-        raise _error(
-            where, None, f"folder {path} holds no parquet files", "Write the source first."
-        )
-    return files
-
-
-def _open(path: Path, where: str) -> pq.ParquetFile:
+def _parquet_files(location: Path | str, where: str) -> ParquetListing:
+    """A single file, or every visible parquet file under a folder or prefix (local or S3)."""
     try:
-        return pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as exc:
+        listing = list_parquet(location)
+    except (OSError, pa.ArrowException, ValueError) as exc:
         raise _error(
             where,
             None,
-            f"unreadable or truncated parquet file ({exc})",
-            "Re-write the file (write_source writes atomically) or delete it.",
+            f"could not list the source ({exc})",
+            "Check the location (MLRE_OFFLINE_URI) and that this process's credentials may "
+            "list it (s3:ListBucket on the bucket).",
         ) from exc
+    if not listing.exists:
+        raise _error(where, None, f"path {location} does not exist", "Write the source first.")
+    if not listing.files:
+        raise _error(
+            where, None, f"folder {location} holds no parquet files", "Write the source first."
+        )
+    return listing
+
+
+def _unreadable(where: str, exc: Exception) -> SourceDataError:
+    return _error(
+        where,
+        None,
+        f"unreadable or truncated parquet file ({exc})",
+        "Re-write the file (write_source writes atomically) or delete it; on S3, check that "
+        "this process's credentials may read it (s3:GetObject).",
+    )
 
 
 def _batches(pf: pq.ParquetFile, columns: Sequence[str], where: str) -> Iterator[pa.RecordBatch]:
@@ -422,48 +558,54 @@ def _batches(pf: pq.ParquetFile, columns: Sequence[str], where: str) -> Iterator
     try:
         yield from pf.iter_batches(batch_size=_BATCH_ROWS, columns=list(columns))
     except (pa.ArrowException, OSError) as exc:
-        raise _error(
-            where,
-            None,
-            f"unreadable or truncated parquet file ({exc})",
-            "Re-write the file (write_source writes atomically) or delete it.",
-        ) from exc
+        raise _unreadable(where, exc) from exc
 
 
-def _validate_file(path: Path, schema: SourceSchema, now: datetime) -> _Span:
-    where = f"source {schema.name!r}, file {path}"
-    pf = _open(path, where)
-    if pf.metadata.num_rows == 0:
-        raise _error(where, None, "file is empty (0 rows)", "Delete it or re-write it with data.")
-    _check_arrow_schema(pf.schema_arrow, schema, where)
-    return _check_batches(_batches(pf, schema.required_columns, where), schema, where, now)
+def _validate_file(
+    listing: ParquetListing, path: str, schema: SourceSchema, now: datetime
+) -> _Span:
+    where = f"source {schema.name!r}, file {listing.display(path)}"
+    try:
+        handle = listing.filesystem.open_input_file(path)
+        pf = pq.ParquetFile(handle)
+    except (pa.ArrowException, OSError) as exc:
+        raise _unreadable(where, exc) from exc
+    with handle:
+        if pf.metadata.num_rows == 0:
+            raise _error(
+                where, None, "file is empty (0 rows)", "Delete it or re-write it with data."
+            )
+        _check_arrow_schema(pf.schema_arrow, schema, where)
+        return _check_batches(_batches(pf, schema.required_columns, where), schema, where, now)
 
 
 def _quote(column: str) -> str:
     return '"' + column.replace('"', '""') + '"'
 
 
-def _check_file_duplicates(files: Sequence[Path], schema: SourceSchema, where: str) -> None:
-    """Duplicate (key, timestamp[, created]) rows within or across files, found by DuckDB."""
+def _check_file_duplicates(listing: ParquetListing, schema: SourceSchema, where: str) -> None:
+    """Duplicate (key, timestamp[, created]) rows within or across files, found by DuckDB over
+    the Arrow stream of only those columns (local or S3 alike; DuckDB spills, never holds all)."""
     subset = _duplicate_subset(schema)
     cols = ", ".join(_quote(c) for c in subset)
     shown = ", ".join(f"CAST({_quote(c)} AS VARCHAR)" for c in subset)
     query = (
-        f"SELECT {shown}, count(*) AS n, list(DISTINCT __mlre_file) AS files "
-        "FROM read_parquet(?, filename='__mlre_file', union_by_name=true) "
-        f"GROUP BY {cols} HAVING count(*) > 1 ORDER BY {cols} LIMIT {_MAX_EXAMPLES}"
+        f"SELECT {shown}, count(*) AS n, list(DISTINCT __filename) AS files "
+        f"FROM source GROUP BY {cols} HAVING count(*) > 1 ORDER BY {cols} LIMIT {_MAX_EXAMPLES}"
     )
+    reader = listing.dataset().scanner(columns=[*subset, "__filename"]).to_reader()
     with tempfile.TemporaryDirectory(prefix="mlre-validate-") as spill:
         config = {"threads": 2, "memory_limit": "1GB", "temp_directory": spill}
         with duckdb.connect(config=config) as con:
             con.execute("SET TimeZone = 'UTC'")
-            rows = con.execute(query, [[str(f) for f in files]]).fetchall()
+            con.register("source", reader)
+            rows = con.execute(query).fetchall()
     if rows:
         examples = "; ".join(
             "(" + ", ".join(f"{c}={v}" for c, v in zip(subset, row, strict=False)) + ")"
             for row in rows
         )
-        in_files = sorted({f for row in rows for f in row[-1]})
+        in_files = sorted({listing.display(f) for row in rows for f in row[-1]})
         raise _error(
             f"{where}, file(s) {', '.join(in_files)}",
             schema.timestamp_column,
@@ -474,24 +616,25 @@ def _check_file_duplicates(files: Sequence[Path], schema: SourceSchema, where: s
         )
 
 
-def validate_source_path(path: Path, schema: SourceSchema, *, now: datetime) -> ValidationReport:
-    """Validate one parquet file or every parquet file under a folder; return what was seen."""
+def validate_source_path(
+    path: Path | str, schema: SourceSchema, *, now: datetime
+) -> ValidationReport:
+    """Validate one parquet file or every parquet file under a folder or an S3 prefix."""
     _check_now(now)
-    path = Path(path)
     where = f"source {schema.name!r}"
-    files = _parquet_files(path, f"{where}, path {path}")
+    listing = _parquet_files(path, f"{where}, path {path}")
     total = _Span()
-    for file in files:
-        span = _validate_file(file, schema, now)
+    for file in listing.files:
+        span = _validate_file(listing, file, schema, now)
         total.rows += span.rows
         for us in (span.min_us, span.max_us):
             if us is not None:
                 total.min_us = us if total.min_us is None else min(total.min_us, us)
                 total.max_us = us if total.max_us is None else max(total.max_us, us)
-    _check_file_duplicates(files, schema, where)
+    _check_file_duplicates(listing, schema, where)
     return ValidationReport(
         source=schema.name,
-        files=tuple(files),
+        files=tuple(listing.display(f) for f in listing.files),
         rows=total.rows,
         min_timestamp=None if total.min_us is None else _to_datetime(total.min_us),
         max_timestamp=None if total.max_us is None else _to_datetime(total.max_us),

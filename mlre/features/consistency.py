@@ -7,6 +7,9 @@ materialization watermark, an independent code path from the one that wrote the 
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -24,8 +27,11 @@ from mlre.features.materialize import (
     quote_identifier,
     register_source,
 )
+from mlre.features.sources import kind_of
 
 EVENT_TS = "__online_event_ts"
+# Kinds compared column-wise as they are; every other kind value by value, in canonical form.
+_SCALAR_KINDS = frozenset({"int", "float", "string", "bool"})
 
 
 @dataclass(frozen=True)
@@ -187,8 +193,65 @@ def read_offline_duckdb(
         connection.close()
 
 
-def _values_equal(online: pd.Series, offline: pd.Series, tolerance: float) -> np.ndarray:
+def _is_missing(value: Any) -> bool:
+    if value is None or value is pd.NaT or value is pd.NA:
+        return True
+    return isinstance(value, float) and math.isnan(value)
+
+
+def canonical(value: Any, kind: str) -> Any:
+    """One comparable form of a feature value, whichever side read it: the online store gives
+    Feast's Python values (parsed JSON, dicts, lists, datetimes at whole seconds), the offline
+    side the source's (JSON text, Arrow maps as pairs, numpy arrays, microsecond timestamps)."""
+    if _is_missing(value):
+        return None
+    if kind in ("json", "map") and isinstance(value, str | bytes):
+        value = json.loads(value)
+    if kind == "map" and isinstance(value, list | tuple | np.ndarray):
+        value = dict(value)  # an Arrow map read as (key, value) pairs
+    if kind == "timestamp":
+        return int(pd.Timestamp(value).timestamp())  # Feast keeps whole seconds online
+    if kind == "bytes":
+        return bytes(value)
+    return _plain(value)
+
+
+def _plain(value: Any) -> Any:
+    """Nested values as dicts, lists and floats (a struct's int may come back as a float)."""
+    if _is_missing(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | np.ndarray):
+        return [_plain(v) for v in value]
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, int | float | np.number):
+        return float(value)
+    return value
+
+
+def _same(a: Any, b: Any, tolerance: float) -> bool:
+    """Equal canonical values; floats within tolerance at any depth."""
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=tolerance, abs_tol=tolerance)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k], tolerance) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y, tolerance) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def _values_equal(
+    online: pd.Series, offline: pd.Series, tolerance: float, kind: str | None = None
+) -> np.ndarray:
     """Element-wise equality; numbers within tolerance, missing equals missing."""
+    if kind is not None and kind not in _SCALAR_KINDS:
+        pairs = zip(online.tolist(), offline.tolist(), strict=True)
+        return np.array(
+            [_same(canonical(a, kind), canonical(b, kind), tolerance) for a, b in pairs],
+            dtype=bool,
+        )
     both_missing = online.isna().to_numpy() & offline.isna().to_numpy()
     if pd.api.types.is_numeric_dtype(offline) and not pd.api.types.is_bool_dtype(offline):
         a = pd.to_numeric(online, errors="coerce").to_numpy(dtype="float64")
@@ -209,8 +272,10 @@ def compare(
     watermark: datetime,
     ttl: timedelta | None,
     tolerance: float = 1e-9,
+    kinds: Mapping[str, str] | None = None,
 ) -> ConsistencyReport:
-    """Compare online and offline frames key by key (pure: frames in, report out)."""
+    """Compare online and offline frames key by key (pure: frames in, report out); `kinds`
+    (feature -> validator kind, from the Feast types) says how to compare complex values."""
     merged = online.merge(
         offline, on=join_keys, how="left", suffixes=("", "__offline"), indicator=True
     )
@@ -227,7 +292,8 @@ def compare(
     results, mismatched = [], {}
     any_bad = missing | unexpected
     for name in features:
-        equal = _values_equal(merged[name], merged[f"{name}__offline"], tolerance)
+        kind = (kinds or {}).get(name)
+        equal = _values_equal(merged[name], merged[f"{name}__offline"], tolerance, kind)
         differs = in_offline & in_online & ~equal
         bad_keys = [key_of[i] for i in np.flatnonzero(differs | missing | unexpected)]
         mismatched[name] = [key_of[i] for i in np.flatnonzero(differs)]
@@ -313,4 +379,5 @@ def check_view(
         watermark=watermark,
         ttl=feature_view.ttl or None,
         tolerance=tolerance,
+        kinds={f.name: kind_of(f.dtype) for f in feature_view.features},
     )

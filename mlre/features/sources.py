@@ -1,46 +1,90 @@
-"""Source-data validation driven by the Feast definitions: the repo's schema is the contract."""
+"""Source-data validation driven by the Feast definitions: the repo's schema is the contract.
+
+Each field's Feast type gives the column kind the source must have (every Feast type has one:
+primitives, arrays, Map, Json, Struct; a type with no finer rule only has to be present), and its
+contract tags (`mlre.features.contracts`) give value ranges, categories and nullability.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 
-from feast import FeatureStore, FeatureView
-from feast.types import PrimitiveFeastType
+from feast import FeatureStore, FeatureView, Field
+from feast.types import Array, PrimitiveFeastType, Set, Struct
 
-from mlre.data.validation import (
-    SourceSchema,
-    ValidationReport,
-    schemas_for_demo,
-    validate_source_path,
-)
+from mlre.data.validation import SourceSchema, ValidationReport, validate_source_path
 from mlre.errors import FeatureStoreError
+from mlre.features.contracts import FieldContract, parse_contract
 from mlre.features.materialize import view_spec
 
-_KINDS = {
+# Feast primitive type name -> validator kind (mlre.data.validation).
+_PRIMITIVE_KINDS = {
     "INT32": "int",
     "INT64": "int",
     "FLOAT32": "float",
     "FLOAT64": "float",
     "STRING": "string",
+    "UUID": "string",
+    "TIME_UUID": "string",
+    "DECIMAL": "string",
     "BOOL": "bool",
     "UNIX_TIMESTAMP": "timestamp",
+    "ZONED_TIMESTAMP": "timestamp",
+    "BYTES": "bytes",
+    "PDF_BYTES": "bytes",
+    "IMAGE_BYTES": "bytes",
+    "MAP": "map",
+    "SCALAR_MAP": "map",
+    "JSON": "json",
 }
 
 
 def kind_of(dtype: object) -> str:
-    """The validator's column kind for a Feast type (lists and maps are not batch features here)."""
-    if isinstance(dtype, PrimitiveFeastType) and dtype.name in _KINDS:
-        return _KINDS[dtype.name]
-    raise FeatureStoreError(f"Feast type {dtype} has no source-validation rule; add one to _KINDS.")
+    """The validator's column kind for any Feast type ("any": present, type not checked)."""
+    if isinstance(dtype, PrimitiveFeastType):
+        return _PRIMITIVE_KINDS.get(dtype.name, "any")
+    if isinstance(dtype, Array | Set):
+        return f"list<{kind_of(dtype.base_type)}>"
+    if isinstance(dtype, Struct):
+        return "struct"
+    return "any"
+
+
+def _contract(feature_view: FeatureView, field: Field, column: str, kind: str) -> FieldContract:
+    """The field's contract, checked against its kind (bounds need numbers, categories text)."""
+    where = f"Feature view {feature_view.name!r}, field {field.name!r}"
+    found = parse_contract(field.tags or {}, where=where)
+    if found.bounds and kind not in ("int", "float"):
+        raise FeatureStoreError(
+            f"{where} (source column {column!r}) declares contract:min/max but is {field.dtype}, "
+            "not a number; remove the tags or fix the field's dtype."
+        )
+    if found.categories and kind != "string":
+        raise FeatureStoreError(
+            f"{where} (source column {column!r}) declares contract:categories but is "
+            f"{field.dtype}, not a String; remove the tag or fix the field's dtype."
+        )
+    return found
 
 
 def schema_for_view(feature_view: FeatureView) -> SourceSchema:
-    """The source schema a feature view expects: its join keys, timestamps and features."""
+    """The source schema a feature view expects: join keys, timestamps, features and contracts."""
     source = feature_view.batch_source
     mapping = {feature: column for column, feature in (source.field_mapping or {}).items()}
     columns = {e.name: kind_of(e.dtype) for e in feature_view.entity_columns}
-    columns.update({mapping.get(f.name, f.name): kind_of(f.dtype) for f in feature_view.features})
+    bounds: dict[str, tuple[float, float]] = {}
+    categories: dict[str, tuple[str, ...]] = {}
+    not_null: list[str] = []
+    for field in feature_view.features:
+        column = mapping.get(field.name, field.name)
+        kind = columns[column] = kind_of(field.dtype)
+        contract = _contract(feature_view, field, column, kind)
+        if contract.bounds:
+            bounds[column] = contract.bounds
+        if contract.categories:
+            categories[column] = contract.categories
+        if not contract.nullable:
+            not_null.append(column)
     columns[source.timestamp_field] = "timestamp"
     if source.created_timestamp_column:
         columns[source.created_timestamp_column] = "timestamp"
@@ -50,31 +94,15 @@ def schema_for_view(feature_view: FeatureView) -> SourceSchema:
         timestamp_column=source.timestamp_field,
         created_column=source.created_timestamp_column or None,
         columns=columns,
-        bounds=known_bounds(columns),
+        bounds=bounds,
+        categories=categories,
+        not_null=tuple(not_null),
     )
-
-
-def known_bounds(columns: dict[str, str]) -> dict[str, tuple[float, float]]:
-    """Sanity bounds of numeric columns the demo schemas know (same name, same meaning).
-
-    Feast fields carry no value range, so without these an amount written in cents or a share
-    written in percent would pass validation and reach the online store.
-    """
-    known = {c: b for schema in schemas_for_demo().values() for c, b in schema.bounds.items()}
-    numeric = {c for c, kind in columns.items() if kind in ("int", "float")}
-    return {c: known[c] for c in sorted(numeric & known.keys())}
 
 
 def validate_view_source(
     store: FeatureStore, feature_view: FeatureView, *, now: datetime
 ) -> ValidationReport:
-    """Validate a feature view's local parquet source against the view's own schema."""
+    """Validate a feature view's parquet source (local folder or S3 prefix) against the view."""
     uri = view_spec(store, feature_view).source_uri
-    if "://" in uri and not uri.startswith("file://"):
-        raise FeatureStoreError(
-            f"Source {uri} of {feature_view.name!r} is remote; validate it where it lands "
-            "(the ingestion job) or pass validate_sources=False."
-        )
-    return validate_source_path(
-        Path(uri.removeprefix("file://")), schema_for_view(feature_view), now=now
-    )
+    return validate_source_path(uri, schema_for_view(feature_view), now=now)

@@ -19,16 +19,20 @@ from typing import Any
 import sqlalchemy
 import yaml
 from feast import (
+    BatchFeatureView,
     Entity,
     FeatureService,
     FeatureStore,
     FeatureView,
     OnDemandFeatureView,
     Project,
+    PushSource,
     RepoConfig,
 )
-from feast.data_source import DataSource
+from feast.data_source import DataSource, KafkaSource, KinesisSource
 from feast.feature_view import DUMMY_ENTITY
+from feast.labeling.label_view import LabelView
+from feast.permissions.permission import Permission
 from feast.repo_contents import RepoContents
 from feast.repo_operations import apply_total_with_repo_instance, get_repo_files
 from feast.stream_feature_view import StreamFeatureView
@@ -158,36 +162,64 @@ def load_repo_contents(repo_path: Path, settings: Settings) -> RepoContents:
     with _loading_with(settings.lake_uri):
         for file in get_repo_files(Path(repo_path).resolve()):
             namespace = runpy.run_path(str(file), run_name=f"feast_repo_{file.stem}")
-            objects.extend(namespace.values())
-    return _collect(objects)
+            # Feast walks dir(module): names in sorted order, imported objects included.
+            objects.extend(namespace[name] for name in sorted(namespace))
+    return collect_objects(objects)
 
 
-def _unique(objects: list[Any], kind: type | tuple[type, ...]) -> list[Any]:
-    found: dict[int, Any] = {}
-    for obj in objects:
-        if isinstance(obj, kind):
-            found.setdefault(id(obj), obj)
-    return list(found.values())
+def _add(bucket: list[Any], obj: Any) -> None:
+    """Append unless this very object is there (equal twins are kept, as Feast keeps them)."""
+    if obj is not None and not any(obj is known for known in bucket):
+        bucket.append(obj)
 
 
-def _collect(objects: list[Any]) -> RepoContents:
-    """Group objects the way `feast apply` does (stream views are not plain feature views)."""
-    stream_views = _unique(objects, StreamFeatureView)
-    feature_views = [fv for fv in _unique(objects, FeatureView) if fv not in stream_views]
-    # `feast apply` always registers the dummy entity that entity-less views (and feature
-    # services with on-demand views) resolve through; without it online reads of a service fail.
-    entities = [*_unique(objects, Entity), DUMMY_ENTITY]
-    return RepoContents(
-        projects=_unique(objects, Project),
-        data_sources=_unique(objects, DataSource),
-        feature_views=feature_views,
-        on_demand_feature_views=_unique(objects, OnDemandFeatureView),
-        stream_feature_views=stream_views,
+def collect_objects(objects: list[Any]) -> RepoContents:
+    """Group definition objects exactly as `feast apply` does (feast.repo_operations.parse_repo,
+    Feast 0.67): sources found inside push/stream sources, feature views and label views are
+    registered too, stream and batch views are told apart, and the dummy entity that entity-less
+    views (and services with on-demand views) resolve through is always added."""
+    res = RepoContents(
+        projects=[],
+        data_sources=[],
+        entities=[],
+        feature_views=[],
+        feature_services=[],
+        on_demand_feature_views=[],
+        stream_feature_views=[],
         label_views=[],
-        entities=entities,
-        feature_services=_unique(objects, FeatureService),
         permissions=[],
     )
+    for obj in objects:
+        if isinstance(obj, DataSource):
+            _add(res.data_sources, obj)
+            if isinstance(obj, PushSource | KafkaSource | KinesisSource):
+                _add(res.data_sources, obj.batch_source)
+        if isinstance(obj, StreamFeatureView):
+            _add(res.stream_feature_views, obj)
+            _add(res.data_sources, obj.batch_source)
+            _add(res.data_sources, obj.stream_source)
+        elif isinstance(obj, FeatureView):  # batch feature views included
+            _add(res.feature_views, obj)
+            _add(res.data_sources, obj.batch_source)
+            if not isinstance(obj, BatchFeatureView):
+                _add(res.data_sources, obj.stream_source)
+        elif isinstance(obj, LabelView):
+            _add(res.label_views, obj)
+            _add(res.data_sources, obj.source)
+            if isinstance(obj.source, PushSource):
+                _add(res.data_sources, obj.source.batch_source)
+        else:
+            for kind, bucket in (
+                (Entity, res.entities),
+                (FeatureService, res.feature_services),
+                (OnDemandFeatureView, res.on_demand_feature_views),
+                (Permission, res.permissions),
+                (Project, res.projects),
+            ):
+                if isinstance(obj, kind):
+                    _add(bucket, obj)
+    res.entities.append(DUMMY_ENTITY)
+    return res
 
 
 @dataclass(frozen=True)
@@ -220,7 +252,7 @@ def apply_repo(store: FeatureStore, repo_path: Path, settings: Settings) -> Appl
         raise ServiceUnavailableError(
             f"The Feast registry {registry_location(store)} did not answer while applying feature "
             f"repo {repo_path} ({exc.orig or exc}). Check that its database runs and that "
-            "MLRE_REGISTRY_URI points at it, then re-run the apply (mlre features apply): objects "
+            "MLRE_REGISTRY_URI points at it, then re-run the apply (mlre apply): objects "
             "are written one at a time, so a re-run converges."
         ) from exc
     return ApplySummary(
@@ -246,7 +278,7 @@ def get_feature_view(store: FeatureStore, name: str) -> FeatureView:
     if name not in views:
         raise FeatureStoreError(
             f"Feature view {name!r} is not in project {store.project!r}; "
-            f"known views: {sorted(views)}. Apply the feature repo first (mlre features apply)."
+            f"known views: {sorted(views)}. Apply the feature repo first (mlre apply)."
         )
     return views[name]
 

@@ -161,7 +161,7 @@ def test_generated_data_passes_as_frame_and_as_files(
     folder = write_sources({source: frame}, tmp_path)[source]
     report = validate_source_path(folder, SCHEMAS[source], now=NOW)
     assert report.rows == len(frame)
-    assert report.files == tuple(sorted(folder.glob("part-*.parquet")))
+    assert report.files == tuple(str(p) for p in sorted(folder.glob("part-*.parquet")))
     assert report.min_timestamp == frame["event_timestamp"].min().to_pydatetime()
     assert report.max_timestamp == frame["event_timestamp"].max().to_pydatetime()
 
