@@ -22,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import State
 from pydantic import BaseModel, Field
 
+from mlre.data.lake import lake_location
 from mlre.errors import MlreError, ServiceUnavailableError
 from mlre.features.store import open_store
 from mlre.settings import StoreProfile, get_settings
@@ -56,7 +57,15 @@ class ModelParams(BaseModel):
 class LabelParams(BaseModel):
     """Where a flow reads the label events (transactions) from."""
 
-    label_source: str = Field("sources/transactions", description="Label events, under the lake.")
+    label_source: str = Field(
+        "sources/transactions",
+        description="Label events: a folder under the lake (MLRE_OFFLINE_URI), or a path or URI.",
+    )
+
+
+def lake_source(relative: str) -> str:
+    """A source folder under the offline lake (local or s3://), or an absolute path / URI."""
+    return lake_location(get_settings().lake_uri, relative)
 
 
 def store_for(repo_path: str | None, store_profile: str | None) -> FeatureStore:

@@ -23,6 +23,7 @@ from flows._common import (
     LabelParams,
     ModelParams,
     StoreParams,
+    lake_source,
     mlflow_client,
     server_task,
     store_for,
@@ -159,7 +160,7 @@ def load_current(params: CheckDriftParams, reference: Reference) -> pd.DataFrame
     else:
         tags = mlflow_client().get_model_version(reference.model_name, reference.version).tags
         service = tags.get(inference.FEATURE_SERVICE_TAG, "fraud_model_v1")
-        events = read_events(settings.lake_dir / params.label_source, start=start, end=end)
+        events = read_events(lake_source(params.label_source), start=start, end=end)
         frame = offline_features(params, service, events) if len(events) else events
         where = f"the offline store ({service}) for {label}"
     if frame.empty:

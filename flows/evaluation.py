@@ -16,6 +16,7 @@ from flows._common import (
     LabelParams,
     ModelParams,
     StoreParams,
+    lake_source,
     load_model_version,
     mlflow_client,
     server_task,
@@ -55,9 +56,8 @@ def _held_out(
     params: EvaluateParams, tags: dict[str, str]
 ) -> tuple[pd.DataFrame, pd.Series, float]:
     """The shared window's label events joined with this version's own features."""
-    settings = get_settings()
-    config = training.TrainingConfig(feature_service=tags.get("feature_service", "fraud_model_v1"))
-    labels = read_events(settings.lake_dir / params.label_source, start=params.window_start)
+    config = training.config_from_tags(tags)
+    labels = read_events(lake_source(params.label_source), start=params.window_start)
     labels = labels[labels[config.timestamp_column] <= params.window_end]
     store = store_for(params.repo_path, params.store_profile)
     frame = training.build_training_set(store, labels, config).frame

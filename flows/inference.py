@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from flows._common import ModelParams, StoreParams, server_task, store_for
+from flows._common import ModelParams, StoreParams, lake_source, server_task, store_for
 from mlre import inference, prediction_log
 from mlre.data.lake import read_events
 from mlre.settings import get_settings
@@ -40,12 +40,11 @@ class BatchInferenceParams(ModelParams, StoreParams):
 @task(cache_policy=NO_CACHE, name="load-requests")
 def load_requests(params: BatchInferenceParams) -> pd.DataFrame:
     """The events of the window, without their labels."""
-    settings = get_settings()
     # Default: the previous full UTC day, what a daily batch job scores.
     now = params.now or datetime.now(UTC)
     end = params.end or now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     start = params.start or end - timedelta(days=1)
-    events = read_events(settings.lake_dir / params.request_source, start=start, end=end)
+    events = read_events(lake_source(params.request_source), start=start, end=end)
     return events.drop(columns=[c for c in params.drop_columns if c in events.columns])
 
 
@@ -71,6 +70,7 @@ def write_log(params: BatchInferenceParams, predictions: pd.DataFrame) -> str:
         settings.prediction_log_root,
         params.model_name or settings.model_name,
         run_id=str(flow_run.get_id() or "local"),
+        key_columns=predictions.attrs.get(inference.KEY_COLUMNS, prediction_log.DEFAULT_KEYS),
         now=params.now,
     )
     return str(path)

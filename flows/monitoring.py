@@ -13,7 +13,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import Field
 
 from flows import automations
-from flows._common import LabelParams, ModelParams, mlflow_client, server_task
+from flows._common import LabelParams, ModelParams, lake_source, mlflow_client, server_task
 from mlre import monitoring, prediction_log, registry
 from mlre.data.lake import read_events
 from mlre.settings import get_settings
@@ -91,7 +91,7 @@ def labelled_predictions(params: MonitorParams, model_name: str, version: str) -
             f"Model {model_name!r} v{version} has no predictions in [{start:%Y-%m-%d %H:%M}, "
             f"{end:%Y-%m-%d %H:%M}); run batch-inference for that window or pick another."
         )
-    labels = read_events(settings.lake_dir / params.label_source, start=start, end=end)
+    labels = read_events(lake_source(params.label_source), start=start, end=end)
     return monitoring.join_labels(predictions, labels, params.join_keys)
 
 

@@ -12,9 +12,11 @@ from prefect.artifacts import create_link_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
-from flows._common import LabelParams, ModelParams, StoreParams, server_task, store_for
+from flows._common import LabelParams, ModelParams, StoreParams, lake_source, server_task, store_for
 from mlre import training
 from mlre.data.lake import read_events
+from mlre.features.services import service_columns
+from mlre.features.store import get_feature_service
 from mlre.settings import get_settings
 
 
@@ -22,6 +24,17 @@ class TrainParams(LabelParams, ModelParams, StoreParams):
     """What to train, on which labels and features; shown as a form in the Prefect UI."""
 
     feature_service: str = "fraud_model_v1"
+    label_column: str = Field("is_fraud", description="Binary 0/1 label of the label events.")
+    entity_columns: list[str] | None = Field(
+        None, description="Join keys of the label events (default: the service's)."
+    )
+    request_columns: list[str] | None = Field(
+        None, description="Request-time values its on-demand views need (default: the service's)."
+    )
+    passthrough_columns: list[str] = Field(
+        default_factory=lambda: ["merchant_category"],
+        description="Label-event columns kept for slicing the evaluation, never model inputs.",
+    )
     model_family: Literal["logistic_regression", "hist_gradient_boosting", "random_forest"] = (
         "hist_gradient_boosting"
     )
@@ -32,15 +45,33 @@ class TrainParams(LabelParams, ModelParams, StoreParams):
     start: datetime | None = Field(None, description="Only labels at or after this time.")
     end: datetime | None = Field(None, description="Only labels before this time.")
 
-    def training_config(self) -> training.TrainingConfig:
+    def training_config(
+        self, entity_columns: list[str], request_columns: list[str]
+    ) -> training.TrainingConfig:
+        """The core's config, with the columns the feature service asks for filled in."""
         return training.TrainingConfig(
             feature_service=self.feature_service,
+            label_column=self.label_column,
+            entity_columns=tuple(self.entity_columns or entity_columns),
+            request_columns=tuple(
+                request_columns if self.request_columns is None else self.request_columns
+            ),
+            passthrough_columns=tuple(self.passthrough_columns),
             model_family=self.model_family,
             validation_days=self.validation_days,
             test_days=self.test_days,
             search=self.search,
             seed=self.seed,
         )
+
+
+@server_task("resolve-training-config", retries=2, retry_delay_seconds=[2, 5])
+def resolve_training_config(params: TrainParams) -> training.TrainingConfig:
+    """The training config, its join keys and request columns read from the feature service."""
+    store = store_for(params.repo_path, params.store_profile)
+    service = get_feature_service(store, params.feature_service)
+    keys, request = service_columns(store, service)
+    return params.training_config(keys, request)
 
 
 @dataclass(frozen=True)
@@ -58,23 +89,23 @@ class TrainOutcome:
 @task(cache_policy=NO_CACHE, name="load-labels")
 def load_labels(label_source: str, start: datetime | None, end: datetime | None) -> pd.DataFrame:
     """Label events from the lake (bad data fails here, with no retry)."""
-    settings = get_settings()
-    return read_events(settings.lake_dir / label_source, start=start, end=end)
+    return read_events(lake_source(label_source), start=start, end=end)
 
 
 @server_task("build-training-set", retries=2, retry_delay_seconds=[2, 10])
-def build_training_set(params: TrainParams, labels: pd.DataFrame) -> training.TrainingSet:
+def build_training_set(
+    params: TrainParams, config: training.TrainingConfig, labels: pd.DataFrame
+) -> training.TrainingSet:
     """Point-in-time features for every label event; dropped rows are counted."""
     store = store_for(params.repo_path, params.store_profile)
-    return training.build_training_set(store, labels, params.training_config())
+    return training.build_training_set(store, labels, config)
 
 
 @task(cache_policy=NO_CACHE, name="fit-model")
 def fit_model(
-    params: TrainParams, training_set: training.TrainingSet
+    config: training.TrainingConfig, training_set: training.TrainingSet
 ) -> tuple[training.Split, training.TrainedModel]:
     """Split by time and fit the pipeline (no retries: a failure here is about the data)."""
-    config = params.training_config()
     split = training.split_by_time(training_set.frame, config)
     return split, training.train(split, config)
 
@@ -82,6 +113,7 @@ def fit_model(
 @server_task("log-and-register", retries=3, retry_delay_seconds=[2, 5, 15])
 def log_and_register(
     params: TrainParams,
+    config: training.TrainingConfig,
     trained: training.TrainedModel,
     training_set: training.TrainingSet,
     split: training.Split,
@@ -93,7 +125,7 @@ def log_and_register(
         trained,
         training_set,
         split,
-        params.training_config(),
+        config,
         model_name=params.model_name or settings.model_name,
         feast_project=store.project,
         tracking_uri=settings.mlflow_tracking_uri,
@@ -105,19 +137,20 @@ def train_model(params: TrainParams | None = None) -> TrainOutcome:
     """Train a new model version on point-in-time features and register it in MLflow."""
     params = params or TrainParams()
     settings = get_settings()
+    config = resolve_training_config(params)
     labels = load_labels(params.label_source, params.start, params.end)
-    training_set = build_training_set(params, labels)
-    split, trained = fit_model(params, training_set)
-    logged = log_and_register(params, trained, training_set, split)
+    training_set = build_training_set(params, config, labels)
+    split, trained = fit_model(config, training_set)
+    logged = log_and_register(params, config, trained, training_set, split)
     model_name = params.model_name or settings.model_name
-    ts = params.training_config().timestamp_column
+    ts = config.timestamp_column
     create_table_artifact(
         key="training-data",
         table=[
             {
                 "window": name,
                 "rows": len(frame),
-                "positives": int(frame[params.training_config().label_column].sum()),
+                "positives": int(frame[config.label_column].sum()),
                 "from": str(frame[ts].min()),
                 "to": str(frame[ts].max()),
             }

@@ -38,6 +38,11 @@ def s3_access_statements(
     ]
 
 
+def flows_policy(data_bucket_arns: Sequence[str], kms_key_arn: str) -> str:
+    """What the flows' pods may do: read and write the data buckets (lake, prediction log)."""
+    return document(s3_access_statements(data_bucket_arns, kms_key_arn, write=True))
+
+
 def cluster_autoscaler_statements(
     asg_arns: Sequence[str], node_group_arns: Sequence[str]
 ) -> list[dict]:

@@ -67,7 +67,7 @@ class PrefectWorkers(pulumi.ComponentResource):
         ns = k8s_labels.FLOWS_NAMESPACE
         k8s_opts = access.child_opts(self)
         policy = pulumi.Output.all(kms_key_arn, *data_bucket_arns).apply(
-            lambda a: iam.document(iam.s3_access_statements(a[1:], a[0], write=True))
+            lambda a: iam.flows_policy(a[1:], a[0])
         )
         self.flows_role = irsa_service_account(
             f"{name}-flows",

@@ -19,6 +19,12 @@ from feast import FeatureService, FeatureStore
 
 from mlre.data.generator import TIMESTAMP_COLUMN
 from mlre.errors import InferenceError
+from mlre.features.services import (
+    as_model_frame,
+    service_columns,
+    service_features,
+    unusable_inputs,
+)
 from mlre.features.store import get_feature_service
 from mlre.mlflow_uri import global_tracking_uri
 from mlre.model_files import load_sklearn_model
@@ -28,7 +34,9 @@ log = logging.getLogger(__name__)
 FEATURE_SERVICE_TAG = "feature_service"
 BATCH_ROUTE = "batch"
 
-# `frame.attrs` keys score_frame fills: how many rows came in, were scored, Feast dropped.
+# `frame.attrs` keys score_frame fills: how many rows came in, were scored, Feast dropped, and
+# the entity keys the rows carry (the prediction log's key columns).
+KEY_COLUMNS = "key_columns"
 ROWS_IN = "rows_in"
 ROWS_SCORED = "rows_scored"
 ROWS_DROPPED = "rows_dropped"
@@ -104,21 +112,6 @@ def _service(store: FeatureStore, feature_service: str | FeatureService) -> Feat
     if isinstance(feature_service, FeatureService):
         return feature_service
     return get_feature_service(store, feature_service)
-
-
-def required_columns(store: FeatureStore, service: FeatureService) -> tuple[list[str], list[str]]:
-    """(join keys, request-time columns) the entity frame must carry for a service."""
-    names = {p.name for p in service.feature_view_projections}
-    keys: list[str] = []
-    for view in store.list_feature_views():
-        if view.name in names:
-            keys += [k for k in view.join_keys if k not in keys]
-    request: list[str] = []
-    for odfv in store.list_on_demand_feature_views():
-        if odfv.name in names:
-            for source in odfv.source_request_sources.values():
-                request += [f.name for f in source.schema if f.name not in request]
-    return keys, request
 
 
 def _check_entities(entities: pd.DataFrame, keys: list[str], request: list[str]) -> None:
@@ -232,7 +225,7 @@ def score_frame(
     dropped is an InferenceError: the features are stale or the window is wrong.
     """
     service = _service(store, feature_service)
-    keys, request = required_columns(store, service)
+    keys, request = service_columns(store, service)
     _check_entities(entities, keys, request)
     frame = entities.reset_index(drop=True)
     entity_df = frame[[*keys, TIMESTAMP_COLUMN, *request]].copy()
@@ -240,6 +233,12 @@ def score_frame(
     entity_df[_ROW_ID] = np.arange(len(entity_df), dtype=np.int64)
     features = _retrieve(store, service, entity_df)
     inputs = model_inputs(model, service)
+    typed = service_features(store, service)
+    problem = unusable_inputs(typed, used=set(inputs))
+    if problem:
+        raise InferenceError(
+            f"Model {model_name} v{model_version}, service {service.name!r}: {problem}"
+        )
     absent = [c for c in inputs if c not in features.columns]
     if absent:
         raise InferenceError(
@@ -258,14 +257,16 @@ def score_frame(
     out = kept[keys].copy()
     out[TIMESTAMP_COLUMN] = kept[TIMESTAMP_COLUMN].dt.tz_convert("UTC")
     out["request_id"] = _request_ids(kept, request_id_column).to_numpy()
-    x = served[inputs].reset_index(drop=True)
+    x = as_model_frame(served[inputs].reset_index(drop=True), typed)
     out["score"] = _scores(model, x, f"Model {model_name} v{model_version}")
     out["model_name"] = model_name
     out["model_version"] = str(model_version)
     out["route"] = route
     out["predicted_at"] = _utc(predicted_at or datetime.now(UTC))
     out = pd.concat([out, x], axis=1)
-    out.attrs.update({ROWS_IN: len(frame), ROWS_SCORED: len(out), ROWS_DROPPED: dropped})
+    out.attrs.update(
+        {ROWS_IN: len(frame), ROWS_SCORED: len(out), ROWS_DROPPED: dropped, KEY_COLUMNS: keys}
+    )
     if dropped:
         log.warning(
             "Feature service %r served %d of %d rows; %d rows had no feature value in TTL and "

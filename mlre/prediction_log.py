@@ -77,7 +77,10 @@ def prediction_table(frame: pd.DataFrame, key_columns: Sequence[str] = DEFAULT_K
     fields = []
     for field in table.schema:
         if field.name in keys:
-            fields.append(pa.field(field.name, pa.int64()))
+            # Integer keys are int64 in every partition (pandas makes int32 or objects of them);
+            # text keys (a seller id) stay text.
+            kind = pa.int64() if _integer_like(field.type) else field.type
+            fields.append(pa.field(field.name, kind))
         elif field.name in PREDICTION_COLUMNS:
             fields.append(pa.field(field.name, PREDICTION_COLUMNS[field.name]))
         elif pa.types.is_timestamp(field.type):
@@ -133,6 +136,10 @@ def _filesystem(folder: Path | str) -> tuple[pafs.FileSystem, str]:
             "MLRE_PREDICTION_LOG_URI at a local folder or s3://bucket/prefix (pyarrow options "
             "such as ?region=eu-west-1 may follow)."
         ) from exc
+
+
+def _integer_like(kind: pa.DataType) -> bool:
+    return pa.types.is_integer(kind) or pa.types.is_null(kind)
 
 
 def write_predictions(

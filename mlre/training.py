@@ -33,8 +33,16 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from threadpoolctl import threadpool_limits
 
-from mlre.errors import MlreError
+from mlre.errors import FeatureStoreError, MlreError
 from mlre.evaluation import choose_threshold, compute_metrics, score
+from mlre.features.services import (
+    ServiceFeature,
+    as_model_frame,
+    service_columns,
+    service_features,
+    unusable_inputs,
+)
+from mlre.features.sources import kind_of
 from mlre.mlflow_uri import global_tracking_uri, mlflow_answering
 from mlre.model_files import SKOPS_TRUSTED_TYPES
 from mlre.settings import PROJECT_ROOT, get_settings
@@ -44,6 +52,7 @@ MODEL_FAMILIES: tuple[str, ...] = ModelFamily.__args__  # type: ignore[attr-defi
 ROW_ID = "__mlre_row_id"
 PREDICTION_COLUMN = "prediction"
 REFERENCE_MAX_ROWS = 5000
+TRAINING_CONFIG_TAG = "training_config"
 
 
 class TrainingError(MlreError):
@@ -86,6 +95,14 @@ class TrainingConfig(BaseModel):
             *self.passthrough_columns,
             ROW_ID,
         )
+
+
+def config_from_tags(tags: dict[str, str]) -> TrainingConfig:
+    """The config a model version was trained with (its `training_config` tag); versions
+    logged before the tag existed get the defaults with their `feature_service`."""
+    if TRAINING_CONFIG_TAG in tags:
+        return TrainingConfig.model_validate_json(tags[TRAINING_CONFIG_TAG])
+    return TrainingConfig(feature_service=tags.get("feature_service", "fraud_model_v1"))
 
 
 @dataclass
@@ -158,29 +175,39 @@ def _service(store: FeatureStore, name: str) -> FeatureService:
     return services[name]
 
 
-def _service_features(store: FeatureStore, service: FeatureService) -> list[tuple[str, bool]]:
-    """(feature, comes from a batch view) for every feature of the service, validated."""
-    batch = {fv.name: fv for fv in store.list_feature_views(allow_cache=False)}
-    views: dict[str, Any] = {**batch}
-    views.update({v.name: v for v in store.list_on_demand_feature_views(allow_cache=False)})
-    features: list[tuple[str, bool]] = []
-    for projection in service.feature_view_projections:
-        view = views.get(projection.name)
-        if view is None:
-            raise TrainingError(
-                f"Feature service {service.name!r} reads feature view {projection.name!r}, which "
-                f"project {store.project!r} does not have (views: {sorted(views)}); apply the "
-                "feature repo or fix the service."
-            )
-        known = {f.name for f in view.features}
-        for feature in projection.features:
-            if feature.name not in known:
-                raise TrainingError(
-                    f"Feature {projection.name}:{feature.name} of service {service.name!r} is "
-                    f"not in the registered view (it has {sorted(known)}); apply the feature repo."
-                )
-            features.append((feature.name, projection.name in batch))
-    return features
+def _service_features(store: FeatureStore, service: FeatureService) -> list[ServiceFeature]:
+    """Every feature of the service with its type, checked: each must be a possible model input,
+    and the config's entity and request columns must be the ones the service joins on."""
+    try:
+        return service_features(store, service)
+    except FeatureStoreError as exc:
+        raise TrainingError(str(exc)) from exc
+
+
+def _check_service(
+    store: FeatureStore,
+    service: FeatureService,
+    features: list[ServiceFeature],
+    config: TrainingConfig,
+) -> None:
+    """Refuse a service no model can be trained on, or a config that does not fit it."""
+    problem = unusable_inputs(features)
+    if problem:
+        raise TrainingError(f"Feature service {service.name!r}: {problem}")
+    keys, request = service_columns(store, service)
+    if set(config.entity_columns) != set(keys):
+        raise TrainingError(
+            f"Feature service {service.name!r} joins on {keys}, but entity_columns is "
+            f"{list(config.entity_columns)}; set entity_columns to {keys} (the train-model "
+            "flow derives them from the service when left empty)."
+        )
+    missing = [c for c in request if c not in config.request_columns]
+    if missing:
+        raise TrainingError(
+            f"Feature service {service.name!r} computes on-demand features from request "
+            f"value(s) {missing}, which request_columns {list(config.request_columns)} lacks; "
+            f"set request_columns to {request}."
+        )
 
 
 def _check_labels(labels: pd.DataFrame, config: TrainingConfig) -> None:
@@ -218,16 +245,38 @@ def _check_two_classes(label: pd.Series, where: str, column: str) -> None:
         )
 
 
-def _entity_frame(labels: pd.DataFrame, config: TrainingConfig) -> pd.DataFrame:
-    """Entity keys (int64, as Feast's historical join needs), UTC timestamps and a row id."""
+def _key_kinds(store: FeatureStore, service: FeatureService) -> dict[str, str]:
+    """Join key -> kind ("int", "string", ...) of the views the service reads, directly or
+    through its on-demand views."""
+    names = {p.name for p in service.feature_view_projections}
+    for odfv in store.list_on_demand_feature_views():
+        if odfv.name in names:
+            names |= {p.name for p in odfv.source_feature_view_projections.values()}
+    return {
+        column.name: kind_of(column.dtype)
+        for view in store.list_feature_views()
+        if view.name in names
+        for column in view.entity_columns
+    }
+
+
+def _entity_frame(
+    labels: pd.DataFrame, config: TrainingConfig, key_kinds: dict[str, str] | None = None
+) -> pd.DataFrame:
+    """Entity keys in the dtype Feast's historical join needs (its join is dtype-strict: int64
+    for integer keys, text for string keys), UTC timestamps and a row id."""
     frame = labels.reset_index(drop=True).copy()
     for column in config.entity_columns:
+        kind = (key_kinds or {}).get(column, "int")
+        dtype = "int64" if kind == "int" else "string" if kind == "string" else None
+        if dtype is None:
+            continue
         try:
-            frame[column] = frame[column].astype("int64")
+            frame[column] = frame[column].astype(dtype)
         except (TypeError, ValueError) as exc:
             raise TrainingError(
-                f"Entity column {column!r} must hold integers (Feast's key is INT64); it has "
-                f"dtype {frame[column].dtype}: {exc}."
+                f"Entity column {column!r} must hold {kind} values (Feast's join key type); it "
+                f"has dtype {frame[column].dtype}: {exc}."
             ) from exc
     ts = pd.to_datetime(frame[config.timestamp_column], utc=True)
     if ts.isna().any():
@@ -248,9 +297,10 @@ def build_training_set(
     _check_labels(labels, config)
     service = _service(store, config.feature_service)
     features = _service_features(store, service)
-    feature_names = [name for name, _ in features]
-    batch_names = [name for name, is_batch in features if is_batch]
-    entities = _entity_frame(labels, config)
+    _check_service(store, service, features, config)
+    feature_names = [f.name for f in features]
+    batch_names = [f.name for f in features if f.from_batch_view]
+    entities = _entity_frame(labels, config, _key_kinds(store, service))
     request = [*config.entity_columns, config.timestamp_column, *config.request_columns, ROW_ID]
     served = store.get_historical_features(entity_df=entities[request], features=service).to_df()
     missing = [name for name in feature_names if name not in served.columns]
@@ -282,22 +332,13 @@ def build_training_set(
             "or backfill the sources for the label window."
         )
     return TrainingSet(
-        frame=_numeric_as_float(frame, feature_names),
+        frame=as_model_frame(frame, features),
         feature_names=feature_names,
         rows_in=len(entities),
         rows_dropped=int(dropped.sum()),
         dropped_examples=examples.to_dict("records"),
         drop_reasons={"not_served": int(not_served.sum()), "no_values": int(no_values.sum())},
     )
-
-
-def _numeric_as_float(frame: pd.DataFrame, features: list[str]) -> pd.DataFrame:
-    """Integer features as float64: served values may be missing, and MLflow schemas say int."""
-    out = frame.copy()
-    for name in features:
-        if pd.api.types.is_numeric_dtype(out[name]) and not pd.api.types.is_bool_dtype(out[name]):
-            out[name] = out[name].astype("float64")
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -585,6 +626,8 @@ def _run_tags(
 ) -> dict[str, str]:
     return {
         "feature_service": config.feature_service,
+        # The whole config, so evaluation and monitoring rebuild the same training set later.
+        TRAINING_CONFIG_TAG: config.model_dump_json(),
         "features": ",".join(trained.features),
         "feast_project": feast_project,
         "data_fingerprint": fingerprint(training_set.frame),

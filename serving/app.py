@@ -71,7 +71,7 @@ def create_app(
     app.state.batcher = batcher
 
     @app.post("/predict", response_model=PredictResponse)
-    async def predict(request: PredictRequest) -> PredictResponse:
+    async def predict(request: PredictRequest) -> PredictResponse | JSONResponse:
         if len(request.instances) > config.max_instances:
             svc.metrics.errors.labels(cause="too_many_instances", model_version="none").inc()
             raise HTTPException(
@@ -81,6 +81,10 @@ def create_app(
                     f"{config.max_instances} (MLRE_SERVING_MAX_INSTANCES). Split the batch."
                 ),
             )
+        errors = svc.input_errors(request.instances)
+        if errors:  # the served model's feature service needs keys or values this lacks
+            svc.metrics.errors.labels(cause="bad_instance", model_version="none").inc()
+            return JSONResponse(status_code=422, content={"detail": _json_safe(errors)})
         return await batcher.submit(request)
 
     @app.get("/healthz")

@@ -11,8 +11,9 @@ on-demand views, and it saves Feast's per-request on-demand bookkeeping.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import pandas as pd
 from feast import FeatureService, FeatureStore, OnDemandFeatureView
 
+from mlre.features.sources import kind_of
 from serving.breaker import CircuitBreaker
 
 
@@ -33,6 +35,13 @@ class ServicePlan:
     on_demand: tuple[tuple[OnDemandFeatureView, tuple[str, ...]], ...]
     request_columns: tuple[str, ...]
     outputs: tuple[str, ...]
+    # join key or request column -> validator kind ("int", "string", "float", ...)
+    input_kinds: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """What a caller sends per entity: the join keys, then the request values."""
+        return (*self.join_keys, *self.request_columns)
 
 
 def plan_service(store: FeatureStore, service: FeatureService) -> ServicePlan:
@@ -45,7 +54,11 @@ def plan_service(store: FeatureStore, service: FeatureService) -> ServicePlan:
     request: list[str] = []
     outputs: list[str] = []
 
+    kinds: dict[str, str] = {}
+
     def add_batch(view_name: str, features: list[str]) -> None:
+        for column in batch[view_name].entity_columns:
+            kinds.setdefault(column.name, kind_of(column.dtype))
         for key in batch[view_name].join_keys:
             if key not in keys:
                 keys.append(key)
@@ -62,10 +75,59 @@ def plan_service(store: FeatureStore, service: FeatureService) -> ServicePlan:
                 add_batch(source.name, [f.name for f in source.features])
             for source in odfv.source_request_sources.values():
                 request.extend(f.name for f in source.schema if f.name not in request)
+                kinds.update({f.name: kind_of(f.dtype) for f in source.schema})
             on_demand.append((odfv, tuple(names)))
     return ServicePlan(
-        service.name, tuple(keys), tuple(refs), tuple(on_demand), tuple(request), tuple(outputs)
+        service.name,
+        tuple(keys),
+        tuple(refs),
+        tuple(on_demand),
+        tuple(request),
+        tuple(outputs),
+        tuple((name, kinds.get(name, "any")) for name in (*keys, *request)),
     )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+# What a JSON value must be to stand for a Feast key or request value of a kind.
+_ACCEPTS: dict[str, Callable[[Any], bool]] = {
+    "int": _is_int,
+    "float": _is_number,
+    "string": lambda value: isinstance(value, str),
+    "bool": lambda value: isinstance(value, bool),
+}
+
+
+def input_errors(plan: ServicePlan, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """422 details (FastAPI's shape) for rows that lack a join key or request value of `plan`,
+    or carry one of the wrong type; empty when every row can be scored."""
+    needs = (
+        f"feature service {plan.name!r} joins on {list(plan.join_keys)} and needs the request "
+        f"values {list(plan.request_columns)}; send them as fields of every instance"
+    )
+    errors: list[dict[str, Any]] = []
+    for index, row in enumerate(rows):
+        for name, kind in plan.input_kinds:
+            value = row.get(name)
+            loc = ["body", "instances", index, name]
+            if value is None:
+                errors.append({"loc": loc, "type": "missing", "msg": f"Field required ({needs})"})
+            elif not _ACCEPTS.get(kind, lambda _: True)(value):
+                errors.append(
+                    {
+                        "loc": loc,
+                        "type": "type_error",
+                        "msg": f"{name}={value!r} is not a valid {kind} ({needs})",
+                    }
+                )
+    return errors
 
 
 def _transform(odfv: OnDemandFeatureView, inputs: pd.DataFrame) -> pd.DataFrame:

@@ -17,6 +17,7 @@ from feast import FeatureService, FeatureStore
 
 from mlre import registry
 from mlre.canary import CANARY_SHARE_TAG, parse_share
+from mlre.features.services import service_features, unusable_inputs
 from mlre.inference import FEATURE_SERVICE_TAG, load_version, model_inputs
 from serving.features import ServicePlan, plan_service
 
@@ -106,6 +107,11 @@ def mlflow_loader(tracking_uri: str, model_name: str, store: FeatureStore) -> Lo
         service = store.get_feature_service(feature_service_name(client, model_name, version))
         model = load_version(tracking_uri, model_name, version)
         inputs = tuple(model_inputs(model, service))
+        problem = unusable_inputs(service_features(store, service), used=set(inputs))
+        if problem:
+            raise registry.RegistryError(
+                f"Model {model_name!r} version {version}, service {service.name!r}: {problem}"
+            )
         return LoadedModel(
             model_name, version, model, service, inputs, plan_service(store, service)
         )

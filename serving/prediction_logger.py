@@ -11,13 +11,13 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from mlre.prediction_log import write_predictions
+from mlre.prediction_log import DEFAULT_KEYS, write_predictions
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,14 @@ class PredictionLog:
         self._prefix = f"online-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._seq = 0
         self.rows_written = 0
+        self.key_columns: tuple[str, ...] = DEFAULT_KEYS
 
-    def append(self, rows: list[dict[str, Any]]) -> None:
-        """Queue rows; wake the writer when a batch is full (never writes on the request path)."""
+    def append(self, rows: list[dict[str, Any]], key_columns: Sequence[str] | None = None) -> None:
+        """Queue rows; wake the writer when a batch is full (never writes on the request path).
+        `key_columns`: the entity keys the rows carry (the served feature service's join keys)."""
         with self._lock:
+            if key_columns:
+                self.key_columns = tuple(key_columns)
             self._rows.extend(rows)
             full = len(self._rows) >= self.flush_rows
         if full:
@@ -76,7 +80,13 @@ class PredictionLog:
             self._seq += 1
             run_id = f"{self._prefix}-{self._seq:06d}"
             try:
-                write_predictions(pd.DataFrame(rows), self.lake_dir, self.model_name, run_id=run_id)
+                write_predictions(
+                    pd.DataFrame(rows),
+                    self.lake_dir,
+                    self.model_name,
+                    run_id=run_id,
+                    key_columns=self.key_columns,
+                )
             except Exception as exc:  # keep the rows for the next try; the metric shows it
                 with self._lock:
                     self._rows[:0] = rows

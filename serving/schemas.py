@@ -6,14 +6,27 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class Instance(BaseModel):
-    """One entity to score: its key and the request-time values its feature service needs."""
+    """One entity to score: its join keys and the request-time values its feature service needs.
 
-    # Other feature services may need other request values: keep unknown fields, pass them on.
+    The fields below are the demo's (the fraud services join on customer_id and need amount);
+    any other service's keys and request values are sent as extra fields, by their Feast names,
+    and checked against the served model's feature service (a missing or mistyped one is a 422
+    naming it).
+    """
+
     model_config = ConfigDict(extra="allow")
 
-    customer_id: int = Field(description="Entity key (Feast join key).")
-    amount: float = Field(ge=0, allow_inf_nan=False, description="Transaction amount.")
+    customer_id: int | None = Field(None, description="Entity key of the demo's services.")
+    amount: float | None = Field(
+        None, ge=0, allow_inf_nan=False, description="Transaction amount (demo services)."
+    )
     request_id: str | None = Field(None, max_length=128, description="Caller's id (else one).")
+
+    def value(self, name: str) -> object:
+        """A field by its Feast name, declared or extra (None when absent)."""
+        if name in type(self).model_fields:
+            return getattr(self, name)
+        return (self.model_extra or {}).get(name)
 
 
 class PredictRequest(BaseModel):
@@ -24,7 +37,10 @@ class PredictRequest(BaseModel):
 
 class Prediction(BaseModel):
     request_id: str
-    customer_id: int
+    customer_id: int | None = None
+    keys: dict[str, int | str | None] = Field(
+        default_factory=dict, description="The entity's join keys, as sent."
+    )
     score: float
     model_version: str
     route: str

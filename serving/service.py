@@ -27,15 +27,19 @@ from mlre.settings import Settings
 from serving import routing
 from serving.breaker import CircuitBreaker
 from serving.fallback import RULE_VERSION, rule_score
-from serving.features import Columns, FeatureFetcher, FeatureUnavailable, ServicePlan
+from serving.features import (
+    Columns,
+    FeatureFetcher,
+    FeatureUnavailable,
+    ServicePlan,
+    input_errors,
+)
 from serving.metrics import Metrics
 from serving.models import LoadedModel, ModelHolder, ModelSet, RegistryState, read_state
 from serving.prediction_logger import PredictionLog
 from serving.schemas import Instance, Prediction, PredictRequest, PredictResponse
 
 log = logging.getLogger(__name__)
-
-AMOUNT = "amount"
 
 
 # --------------------------------------------------------------------------------------------
@@ -52,18 +56,20 @@ def model_frame(columns: Columns, inputs: tuple[str, ...], n: int) -> pd.DataFra
 
 
 def _as_float_if_numeric(values: Sequence[Any]) -> np.ndarray:
+    """Numbers and booleans as float64 (missing as NaN), as training saw them
+    (mlre.features.services.as_model_frame); text stays text."""
     array = np.asarray(values)
-    if array.dtype.kind in "iuf":
+    if array.dtype.kind in "iufb":
         return array.astype(np.float64)
     if array.dtype.kind in "OUS":
         if all(_is_number_or_none(v) for v in array):  # ints with gaps come back as objects
             return np.array([np.nan if v is None else v for v in array], dtype=np.float64)
         return array.astype(object)
-    return array  # bool, datetime: as the store returned them
+    return array  # datetime: as the store returned it
 
 
 def _is_number_or_none(value: Any) -> bool:
-    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+    return value is None or isinstance(value, int | float)  # bool is an int: 1.0 / 0.0
 
 
 def _log_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -140,11 +146,16 @@ class PredictionService:
 
     def _rows(self, instances: list[Instance], idx: list[int]) -> list[dict[str, Any]]:
         """Entity rows for Feast: keys plus request-time values."""
-        rows = []
-        for i in idx:
-            item = instances[i].model_dump(exclude={"request_id"})
-            rows.append(item)
-        return rows
+        return [instances[i].model_dump(exclude={"request_id"}) for i in idx]
+
+    def input_errors(self, instances: list[Instance]) -> list[dict[str, Any]]:
+        """422 details for instances the served models' feature services cannot read (missing
+        or mistyped join keys and request values); checked before anything is queued. With no
+        model loaded the rule answers, which needs nothing."""
+        models = self.holder.current
+        rows = [instance.model_dump(exclude={"request_id"}) for instance in instances]
+        plans = {m.plan.name: m.plan for m in (models.champion, models.canary) if m is not None}
+        return [error for plan in plans.values() for error in input_errors(plan, rows)]
 
     def _rule(self, instances: list[Instance], idx: list[int], cause: str) -> list[Answer]:
         """Rule-based answers (no model, no features needed)."""
@@ -152,7 +163,7 @@ class PredictionService:
         return [
             Answer(
                 i,
-                rule_score(instances[i].amount, {}, self.config.rule),
+                rule_score(instances[i].amount or 0.0, {}, self.config.rule),
                 RULE_VERSION,
                 routing.FALLBACK,
                 {},
@@ -213,9 +224,10 @@ class PredictionService:
         instances = [instance for request in requests for instance in request.instances]
         self.metrics.batch_instances.observe(len(instances))
         models = self.holder.current  # one snapshot for the whole batch
+        keys = _join_keys(models)
         groups: dict[tuple[int, str], tuple[LoadedModel | None, list[int]]] = {}
         for i, instance in enumerate(instances):
-            model, route = routing.choose(models, instance.customer_id)
+            model, route = routing.choose(models, _routing_key(instance, keys))
             groups.setdefault((id(model), route), (model, []))[1].append(i)
         # Champion and canary groups read their features concurrently.
         grouped = await asyncio.gather(
@@ -229,25 +241,32 @@ class PredictionService:
         responses, rows, start = [], [], 0
         for request, began in zip(requests, arrived, strict=True):
             end = start + len(request.instances)
-            response, logged = self._respond(instances, answers[start:end], done - began, now)
+            response, logged = self._respond(instances, answers[start:end], done - began, now, keys)
             responses.append(response)
             rows += logged
             start = end
-        self.log.append(rows)
+        self.log.append(rows, keys)
         return responses
 
     def _respond(
-        self, instances: list[Instance], answers: list[Answer], elapsed: float, now: datetime
+        self,
+        instances: list[Instance],
+        answers: list[Answer],
+        elapsed: float,
+        now: datetime,
+        keys: tuple[str, ...],
     ) -> tuple[PredictResponse, list[dict[str, Any]]]:
         """One request's response and prediction-log rows; counts it in the metrics."""
         out, rows, seen = [], [], set()
         for answer in answers:
             instance = instances[answer.index]
             request_id = instance.request_id or uuid.uuid4().hex
+            entity = {key: instance.value(key) for key in keys}
             out.append(
                 Prediction(
                     request_id=request_id,
                     customer_id=instance.customer_id,
+                    keys=entity,
                     score=answer.score,
                     model_version=answer.version,
                     route=answer.route,
@@ -255,7 +274,7 @@ class PredictionService:
             )
             rows.append(
                 {
-                    ENTITY_COLUMN: instance.customer_id,
+                    **entity,
                     TIMESTAMP_COLUMN: now,
                     "request_id": request_id,
                     "score": answer.score,
@@ -281,8 +300,9 @@ class PredictionService:
         checked, problem = self._probe
         if time.monotonic() - checked < self.config.ready_probe_ttl_s:
             return problem
+        probe = {name: _PROBE_VALUES.get(kind, 0) for name, kind in plan.input_kinds}
         try:
-            await self.fetcher.fetch(plan, [{ENTITY_COLUMN: 0, AMOUNT: 1.0}])
+            await self.fetcher.fetch(plan, [probe])
             problem = None
         except FeatureUnavailable as exc:
             problem = f"feature store unreachable ({exc})"
@@ -319,6 +339,23 @@ class PredictionService:
             self.log.rows_written,
             self.log.pending,
         )
+
+
+# A key or request value of each kind that no entity has: the readiness probe's one-row read.
+_PROBE_VALUES: dict[str, Any] = {"int": 0, "float": 1.0, "string": "", "bool": False}
+
+
+def _join_keys(models: ModelSet) -> tuple[str, ...]:
+    """The entity keys requests are routed and logged by: the champion's feature service's
+    (the demo's customer_id while no model is loaded)."""
+    model = models.champion or models.canary or models.previous
+    return model.plan.join_keys if model is not None else (ENTITY_COLUMN,)
+
+
+def _routing_key(instance: Instance, keys: tuple[str, ...]) -> object:
+    """The value the canary split hashes: the key itself, or the tuple of a composite key."""
+    values = tuple(instance.value(key) for key in keys)
+    return values[0] if len(values) == 1 else values
 
 
 class ModelFailed(Exception):

@@ -144,7 +144,11 @@ def open_store(
     if profile == "local":
         (settings.data_dir).mkdir(parents=True, exist_ok=True)
     try:
-        store = FeatureStore(config=RepoConfig(repo_path=repo_path, **config))
+        # repo_path twice: the config's resolves the online store's relative path, the store's
+        # the registry's (Feast would take the working directory for it otherwise).
+        store = FeatureStore(
+            repo_path=str(repo_path), config=RepoConfig(repo_path=repo_path, **config)
+        )
         # Feast resolves the provider lazily: an unknown one would fail only at the first apply
         # or write, as a Feast error inside a retried task. Resolve it while the file is known.
         store._get_provider()
