@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +26,7 @@ from typing import Any, Literal
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from feast import FeatureStore, FeatureView
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.infra.offline_stores.file_source import FileSource
@@ -331,10 +333,14 @@ def materialize_partition(
     batch_rows: int = BATCH_ROWS,
     temp_dir: Path | None = None,
     progress: Callable[[int], None] | None = None,
+    source_uri: str | None = None,
 ) -> PartitionResult:
-    """Write the latest rows of one partition; re-running it writes the same values."""
+    """Write the latest rows of one partition; re-running it writes the same values.
+    `source_uri`: read a staged copy of the source (`stage_source`) instead of the view's own."""
     began = time.perf_counter()
     spec = view_spec(store, feature_view)
+    if source_uri is not None:
+        spec = replace(spec, source_uri=source_uri)
     rows = keys = 0
     newest: datetime | None = None
     for scanned in iter_latest_batches(
@@ -363,6 +369,34 @@ def materialize_partition(
     )
 
 
+def stage_source(spec: ViewSpec, window: Window, folder: Path) -> str | None:
+    """Copy a REMOTE source's rows in the window, only the columns the view reads, to a local
+    parquet file under `folder` once; returns its path (None for a local source: nothing to do).
+
+    Every partition rescans its source: cheap locally (DuckDB's reader, projection pushdown), but
+    on S3 each scan downloads the columns again (measured at 1M rows: 4 partitions read 7-11 s
+    from S3, one staged copy ~2 s). The copy streams record batches, so memory stays bounded.
+    """
+    if not is_remote(spec.source_uri):
+        return None
+    columns = [*spec.join_keys, *(column for column, _ in spec.columns), spec.timestamp_field]
+    if spec.created_field:
+        columns.append(spec.created_field)
+    ts = pc.field(spec.timestamp_field)
+    inside = (ts >= pa.scalar(window.start)) & (ts <= pa.scalar(window.end))
+    scanner = (
+        open_source(spec.source_uri)
+        .dataset()
+        .scanner(columns=list(dict.fromkeys(columns)), filter=inside, batch_size=BATCH_ROWS * 20)
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{spec.name}.parquet"
+    with pq.ParquetWriter(target, scanner.projected_schema) as writer:
+        for batch in scanner.to_batches():
+            writer.write_batch(batch)
+    return str(target)
+
+
 def materialize_view(
     store: FeatureStore,
     feature_view: FeatureView,
@@ -371,21 +405,26 @@ def materialize_view(
     partitions: int = 4,
     memory_limit_mb: int = 512,
     batch_rows: int = BATCH_ROWS,
+    temp_dir: Path | None = None,
 ) -> list[PartitionResult]:
-    """Every partition in turn, then the interval recorded (for scripts and benchmarks; the flow
-    runs the same steps as separate tasks)."""
-    results = [
-        materialize_partition(
-            store,
-            feature_view,
-            window,
-            partition,
-            partitions,
-            memory_limit_mb=memory_limit_mb,
-            batch_rows=batch_rows,
-        )
-        for partition in range(partitions)
-    ]
+    """Every partition in turn (a remote source staged locally once), then the interval recorded
+    (for scripts and benchmarks; the flow runs the same steps as separate tasks)."""
+    with tempfile.TemporaryDirectory(prefix="mlre-stage-", dir=temp_dir) as staging:
+        staged = stage_source(view_spec(store, feature_view), window, Path(staging))
+        results = [
+            materialize_partition(
+                store,
+                feature_view,
+                window,
+                partition,
+                partitions,
+                memory_limit_mb=memory_limit_mb,
+                batch_rows=batch_rows,
+                temp_dir=temp_dir,
+                source_uri=staged,
+            )
+            for partition in range(partitions)
+        ]
     record_interval(store, feature_view, window)
     return results
 

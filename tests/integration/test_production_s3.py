@@ -147,6 +147,9 @@ def test_production_profile_on_s3_end_to_end(cloud: Cloud) -> None:
     keys = CONFIG.customer_ids[:50]
     online = read_online(store, view, pd.DataFrame({"customer_id": keys.astype("int64")}))
     assert online["txn_count_1d"].notna().sum() > 40
+    staging = settings.tmp_dir / "staging"  # each view's S3 window was copied once, then removed
+    assert staging.is_dir()
+    assert not any(staging.iterdir())
 
     log = read_predictions(settings.prediction_log_root, settings.model_name)
     assert len(log) == summary.scored["scored"] > 0
