@@ -17,7 +17,7 @@ CI_SOAK_SECONDS ?= 120
 # `make test-repeat`: how many times, in random order, the integration and reliability tiers run.
 REPEAT ?= 3
 
-.PHONY: install browser demo up down status test test-long test-repeat test-fast lint bench reliability soak clean
+.PHONY: install browser monitoring demo up down status test test-long test-repeat test-fast lint bench reliability soak clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	@mkdir -p $(TMPDIR) $(MPLCONFIGDIR) $(PREFECT_HOME) $(XDG_CACHE_HOME)
@@ -38,6 +38,20 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium is missing: install Debian/Ubuntu's chromium package (UI checks)"; exit 1; fi; }
 
+# Debian's Prometheus (with promtool), Alertmanager (with amtool) and Pushgateway: `mlre up` runs
+# them and the monitoring tests start them. Installed when missing and we are root (CI,
+# containers); elsewhere the message says what to install.
+MONITORING_PACKAGES := prometheus prometheus-alertmanager prometheus-pushgateway
+MONITORING_BINARIES := prometheus promtool prometheus-alertmanager amtool prometheus-pushgateway
+monitoring:
+	@missing=""; for b in $(MONITORING_BINARIES); do command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's $(MONITORING_PACKAGES) (missing:$$missing) ..."; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      $(MONITORING_PACKAGES) >/dev/null; \
+	  else echo "missing:$$missing; install Debian/Ubuntu's packages: sudo apt-get install --no-install-recommends $(MONITORING_PACKAGES)"; exit 1; fi; fi
+
 demo: install  ## run the whole pipeline on the embedded default and print where to look
 	$(BIN)/mlre demo
 
@@ -49,7 +63,7 @@ status:
 	$(BIN)/mlre status
 
 # Test order is fixed here (pytest-randomly off); `make test-repeat` shuffles it on purpose.
-test: install lint browser  ## the full test suite (unit, integration, infra, e2e, bad-input corpus)
+test: install lint browser monitoring  ## the full test suite (unit, integration, infra, e2e, bad-input corpus)
 	$(BIN)/pytest -p no:randomly $(PYTEST_TIERS) -m "not long"
 
 test-long: install  ## the minutes-long fault tests: worker SIGKILL and a $(CI_SOAK_SECONDS) s soak
@@ -57,7 +71,7 @@ test-long: install  ## the minutes-long fault tests: worker SIGKILL and a $(CI_S
 
 # A flake is found before it lands: REPEAT rounds, each in a new random order (the seed is
 # printed at the top of each round; `pytest --randomly-seed=N ...` replays that order).
-test-repeat: install browser  ## integration + reliability tiers REPEAT times in random order
+test-repeat: install browser monitoring  ## integration + reliability tiers REPEAT times in random order
 	@for round in $$(seq 1 $(REPEAT)); do \
 	  echo "=== test-repeat round $$round of $(REPEAT)"; \
 	  $(BIN)/pytest tests/integration tests/reliability -m "not long" -q \

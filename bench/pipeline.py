@@ -265,8 +265,9 @@ def main() -> None:
     plain_home, flow_home = ROOT / "plain", ROOT / "prefect"
     log(f"generating {CUSTOMERS} customers x {DAYS} days in two homes ...")
     prepare(plain_home)
+    # No monitoring stack: the benchmark measures Prefect's overhead, not the SLI pushes.
     settings = prepare(flow_home).model_copy(
-        update={"prefect_port": free_port(), "mlflow_port": free_port()}
+        update={"prefect_port": free_port(), "mlflow_port": free_port(), "monitoring": False}
     )
     log("plain script (no Prefect, MLflow on SQLite) ...")
     plain_result = run_side("plain", plain_home, {**base, "MLRE_HOME": str(plain_home)})
@@ -278,6 +279,7 @@ def main() -> None:
             **settings.client_env(),
             "MLRE_PREFECT_PORT": str(settings.prefect_port),
             "MLRE_MLFLOW_PORT": str(settings.mlflow_port),
+            "MLRE_MONITORING": "false",
         }
         log("ml-pipeline through the real Prefect and MLflow servers ...")
         flow_result = run_side("prefect", flow_home, env)

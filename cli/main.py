@@ -55,7 +55,11 @@ def _echo(message: str) -> None:
     print(message, flush=True)
 
 
-@command("up", help="start the local Prefect and MLflow servers (reuses running ones)")
+@command(
+    "up",
+    help="start the local Prefect, MLflow and monitoring (Prometheus, Alertmanager, Pushgateway) "
+    "servers (reuses running ones)",
+)
 def _up(args: argparse.Namespace, settings: Settings) -> int:
     rows = local_platform.up(settings, echo=_echo)
     _print_table(rows)
@@ -312,6 +316,123 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     for line in summary:
         _echo(line)
     return 0
+
+
+# `mlre slo ACTION`: one subcommand, its actions registered like subcommands (`@slo_action`).
+SLO_ACTIONS: dict[str, Subcommand] = {}
+
+
+def slo_action(
+    name: str, *, help: str, configure: Configure | None = None
+) -> Callable[[Handler], Handler]:
+    """Register `handler` as `mlre slo <name>`."""
+
+    def register(handler: Handler) -> Handler:
+        SLO_ACTIONS[name] = Subcommand(help=help, handler=handler, configure=configure)
+        return handler
+
+    return register
+
+
+def _configure_slo(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="slo_action", required=True, metavar="ACTION")
+    for name, action in SLO_ACTIONS.items():
+        child = actions.add_parser(name, help=action.help, description=action.help)
+        if action.configure is not None:
+            action.configure(child)
+        child.set_defaults(slo_handler=action.handler)
+
+
+@command(
+    "slo",
+    help="SLOs as code (slos/*.yaml): generate rules and dashboards, show error budgets",
+    configure=_configure_slo,
+)
+def _slo(args: argparse.Namespace, settings: Settings) -> int:
+    return int(args.slo_handler(args, settings))
+
+
+def _configure_slo_generate(parser: argparse.ArgumentParser) -> None:
+    from mlre.slo.outputs import DEFAULT_RUNBOOK_BASE_URL, SPECS_DIR
+
+    parser.add_argument("--specs", type=Path, default=SPECS_DIR, help="spec folder (default slos/)")
+    parser.add_argument(
+        "--output", type=Path, help="write one rule file here instead of the committed files"
+    )
+    parser.add_argument(
+        "--time-scale", type=float, default=1.0, help="divide every window (drill, e.g. 60)"
+    )
+    parser.add_argument("--local", action="store_true", help="leave out cloud-only SLOs")
+    parser.add_argument("--runbook-base-url", default=DEFAULT_RUNBOOK_BASE_URL)
+
+
+@slo_action(
+    "generate",
+    help="turn the SLO specs into Prometheus rules and Grafana dashboards",
+    configure=_configure_slo_generate,
+)
+def _slo_generate(args: argparse.Namespace, settings: Settings) -> int:
+    from mlre.errors import ConfigError
+    from mlre.slo import outputs, write_rules
+    from mlre.slo.spec import load_specs
+
+    specs = load_specs(args.specs)
+    if args.output is None:
+        custom = args.time_scale != 1 or args.local
+        if custom or args.runbook_base_url != outputs.DEFAULT_RUNBOOK_BASE_URL:
+            raise ConfigError(
+                "--time-scale, --local and --runbook-base-url apply to one rule file: add "
+                "--output PATH (the committed files are always the real rules, cloud and local)."
+            )
+        written = outputs.write_outputs(outputs.committed_outputs(specs))
+    else:
+        written = [
+            write_rules(
+                args.output,
+                specs,
+                time_scale=args.time_scale,
+                runbook_base_url=args.runbook_base_url,
+                include_cloud=not args.local,
+            )
+        ]
+    _echo(f"{len(specs)} SLOs from {args.specs}:")
+    for path in written:
+        _echo(f"  wrote {path}")
+    return 0
+
+
+def _configure_slo_status(parser: argparse.ArgumentParser) -> None:
+    from mlre.slo.outputs import SPECS_DIR
+
+    parser.add_argument("--specs", type=Path, default=SPECS_DIR, help="spec folder (default slos/)")
+    parser.add_argument("--prometheus", help="Prometheus URL (default: MLRE_PROMETHEUS_URL/local)")
+
+
+@slo_action(
+    "status",
+    help="every SLO now: objective, SLI, 30-day budget left, burn rates, firing alerts",
+    configure=_configure_slo_status,
+)
+def _slo_status(args: argparse.Namespace, settings: Settings) -> int:
+    from mlre.prometheus_api import firing_alerts, querier
+    from mlre.slo.spec import load_specs
+    from mlre.slo.status import read_status, table_rows
+
+    url = args.prometheus or settings.prometheus_endpoint
+    if not url:
+        raise MlreError(
+            "No Prometheus to read: monitoring is off (MLRE_MONITORING=false) and "
+            "MLRE_PROMETHEUS_URL is not set; run `mlre up` or pass --prometheus URL."
+        )
+    statuses = read_status(querier(url), firing_alerts(url), load_specs(args.specs))
+    rows = table_rows(statuses)
+    header = tuple(rows[0]) if rows else ()
+    lines = [header, *(tuple(row.values()) for row in rows)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for line in lines:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
+    _echo(f"\n(from {url}; 'no data' means nothing was scraped or pushed for that SLO yet)")
+    return 1 if any(s.verdict in ("burning", "exhausted") for s in statuses) else 0
 
 
 def _utc_datetime(text: str) -> datetime:

@@ -8,6 +8,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import Field
 
+from flows import slis
 from flows._common import StoreParams, server_task, store_for
 from mlre.errors import ConsistencyError
 from mlre.features import consistency as checks
@@ -82,7 +83,7 @@ def _publish(reports: list[checks.ConsistencyReport], decision: checks.Consisten
     create_markdown_artifact(key="feature-consistency-verdict", markdown="\n".join(lines))
 
 
-@flow(name="validate-feature-consistency", log_prints=True)
+@flow(name="validate-feature-consistency", log_prints=True, **slis.flow_run_hooks())
 def validate_feature_consistency(
     params: ConsistencyParams | None = None,
 ) -> checks.ConsistencyDecision:
@@ -92,6 +93,7 @@ def validate_feature_consistency(
     views = [fv.name for fv in select_views(store, params.feature_views, params.feature_service)]
     reports = [check_view(params, view) for view in views]
     decision = checks.decide(reports, params.max_mismatch_rate)
+    slis.consistency(reports)
     _publish(reports, decision)
     if not decision.consistent:
         raise ConsistencyError(

@@ -18,7 +18,7 @@ from prefect.artifacts import (
 )
 from pydantic import Field
 
-from flows import automations
+from flows import automations, slis
 from flows._common import (
     LabelParams,
     ModelParams,
@@ -274,7 +274,7 @@ def log_report(reference: Reference, result: drift.DriftResult, stamp: str) -> s
     )
 
 
-@flow(name="check-drift", log_prints=True)
+@flow(name="check-drift", log_prints=True, **slis.flow_run_hooks())
 def check_drift(params: CheckDriftParams | None = None) -> DriftOutcome:
     """Champion's training reference vs the current window: table, verdict, report, event."""
     params = params or CheckDriftParams()
@@ -283,6 +283,9 @@ def check_drift(params: CheckDriftParams | None = None) -> DriftOutcome:
     current = load_current(params, reference)
     result, scores = run_checks(reference, current, params)
     drifted, reasons = verdict(result, scores)
+    slis.drift(
+        model_name, reference.version, result.decision.drifted_share, params.config.drift_share
+    )
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     url = log_report(reference, result, stamp)
     outcome = DriftOutcome(

@@ -12,6 +12,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import Field
 
+from flows import slis
 from flows._common import (
     LabelParams,
     ModelParams,
@@ -114,7 +115,7 @@ def _check_inputs(params: EvaluateParams, model_name: str) -> None:
     registry.get_version(client, model_name, params.version)
 
 
-@flow(name="evaluate-model", log_prints=True)
+@flow(name="evaluate-model", log_prints=True, **slis.flow_run_hooks())
 def evaluate_model(params: EvaluateParams) -> GateOutcome:
     """Judge a candidate against the champion; tag the decision, alias passing versions."""
     model_name = params.model_name or get_settings().model_name

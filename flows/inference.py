@@ -11,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import Field
 
+from flows import slis
 from flows._common import ModelParams, StoreParams, lake_source, server_task, store_for
 from mlre import inference, prediction_log
 from mlre.data.lake import read_events
@@ -76,7 +77,7 @@ def write_log(params: BatchInferenceParams, predictions: pd.DataFrame) -> str:
     return str(path)
 
 
-@flow(name="batch-inference", log_prints=True)
+@flow(name="batch-inference", log_prints=True, **slis.flow_run_hooks())
 def batch_inference(params: BatchInferenceParams | None = None) -> dict[str, object]:
     """Score a window with the champion and write the prediction log partition."""
     params = params or BatchInferenceParams()

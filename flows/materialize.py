@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import uuid
 from datetime import datetime
+from pathlib import Path
 from typing import Literal
 
 from prefect import flow, task, unmapped
@@ -11,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from pydantic import Field
 
+from flows import slis
 from flows._common import StoreParams, server_task, store_for
 from mlre.features import materialize as engine
 from mlre.features.sources import validate_view_source
@@ -80,6 +84,7 @@ def materialize_partition(
     partition: int,
     partitions: int,
     memory_limit_mb: int,
+    source_uri: str | None = None,
 ) -> engine.PartitionResult:
     """Write the newest row of every key in one hash partition (idempotent)."""
     settings = get_settings()
@@ -92,7 +97,20 @@ def materialize_partition(
         partitions,
         memory_limit_mb=memory_limit_mb,
         temp_dir=settings.tmp_dir / "duckdb",
+        source_uri=source_uri,
     )
+
+
+@server_task("stage-source", retries=2, retry_delay_seconds=[2, 10])
+def stage_source(
+    repo_path: str | None, store_profile: str | None, view: str, window: engine.Window
+) -> str | None:
+    """A remote (S3) source's window copied locally once, so partitions do not each download
+    it again; None for a local source. The flow deletes the copy when the view is done."""
+    store = store_for(repo_path, store_profile)
+    spec = engine.view_spec(store, store.get_feature_view(view))
+    folder = get_settings().tmp_dir / "staging" / f"{view}-{uuid.uuid4().hex[:8]}"
+    return engine.stage_source(spec, window, folder)
 
 
 @server_task("record-interval", retries=2, retry_delay_seconds=[2, 5])
@@ -102,6 +120,11 @@ def record_interval(
     """Mark the interval materialized in the registry (after every partition succeeded)."""
     store = store_for(repo_path, store_profile)
     engine.record_interval(store, store.get_feature_view(view), window)
+
+
+def _newest(results: list[engine.PartitionResult]) -> datetime | None:
+    """The newest event time the partitions wrote (None: they wrote nothing)."""
+    return max((r.max_event_timestamp for r in results if r.max_event_timestamp), default=None)
 
 
 def _report(results: list[engine.PartitionResult], windows: dict[str, engine.Window]) -> None:
@@ -139,15 +162,28 @@ def _report(results: list[engine.PartitionResult], windows: dict[str, engine.Win
     create_markdown_artifact(key="freshness-watermark", markdown="\n".join(lines))
 
 
-@flow(name="materialize-features", log_prints=True)
+@flow(name="materialize-features", log_prints=True, **slis.flow_run_hooks())
 def materialize_features(params: MaterializeParams | None = None) -> list[engine.PartitionResult]:
     """Apply the feature repo and materialize every selected view, partition by partition."""
     params = params or MaterializeParams()
+    views = list(params.feature_views or [])
+    finished: dict[str, datetime | None] = {}
+    try:
+        return _materialize(params, views, finished)
+    finally:
+        # Freshness only from a run that reached now (a backfill of the past would look stale).
+        slis.materialization(views, finished, freshness=params.end is None)
+
+
+def _materialize(
+    params: MaterializeParams, views: list[str], finished: dict[str, datetime | None]
+) -> list[engine.PartitionResult]:
+    """The flow's body; fills `views` (selected) and `finished` (view -> newest event written)."""
     logger = get_run_logger()
     repo, profile = params.repo_path, params.store_profile
     apply_feature_repo(repo, profile)
     store = store_for(repo, profile)
-    views = [fv.name for fv in select_views(store, params.feature_views, params.feature_service)]
+    views[:] = [fv.name for fv in select_views(store, params.feature_views, params.feature_service)]
     if params.validate_sources:
         for view in views:
             validate_source(repo, profile, view)
@@ -157,21 +193,29 @@ def materialize_features(params: MaterializeParams | None = None) -> list[engine
         plan = plan_window(repo, profile, view, params)
         if plan is None:
             logger.info("%s: nothing new to materialize", view)
+            finished[view] = None
             continue
         window, partitions = plan
         windows[view] = window
-        futures = materialize_partition.map(
-            unmapped(repo),
-            unmapped(profile),
-            unmapped(view),
-            window=unmapped(window),
-            partition=range(partitions),
-            partitions=unmapped(partitions),
-            memory_limit_mb=unmapped(params.memory_limit_mb),
-        )
-        written = futures.result()
+        staged = stage_source(repo, profile, view, window)
+        try:
+            futures = materialize_partition.map(
+                unmapped(repo),
+                unmapped(profile),
+                unmapped(view),
+                window=unmapped(window),
+                partition=range(partitions),
+                partitions=unmapped(partitions),
+                memory_limit_mb=unmapped(params.memory_limit_mb),
+                source_uri=unmapped(staged),
+            )
+            written = futures.result()
+        finally:
+            if staged:
+                shutil.rmtree(Path(staged).parent, ignore_errors=True)
         results.extend(written)
         record_interval(repo, profile, view, window)
+        finished[view] = _newest(written)
         logger.info("%s: %s keys in %s partitions", view, sum(r.keys for r in written), partitions)
     _report(results, windows)
     return results

@@ -12,7 +12,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import Field
 
-from flows import automations
+from flows import automations, slis
 from flows._common import LabelParams, ModelParams, lake_source, mlflow_client, server_task
 from mlre import monitoring, prediction_log, registry
 from mlre.data.lake import read_events
@@ -142,7 +142,7 @@ def decision_markdown(outcome: MonitorOutcome, window: tuple[datetime, datetime]
     )
 
 
-@flow(name="monitor-performance", log_prints=True)
+@flow(name="monitor-performance", log_prints=True, **slis.flow_run_hooks())
 def monitor_performance(params: MonitorParams | None = None) -> MonitorOutcome:
     """Per-window metrics of the champion on labelled predictions vs its evaluation baseline."""
     params = params or MonitorParams()
@@ -159,6 +159,7 @@ def monitor_performance(params: MonitorParams | None = None) -> MonitorOutcome:
         description=f"{model_name} v{version}: labelled predictions per window vs evaluation.",
     )
     decision = monitoring.assess(windows, baseline, params.config)
+    slis.quality(model_name, version, windows, baseline)
     outcome = MonitorOutcome(
         model_name, version, decision.degraded, decision.reasons, windows, baseline
     )

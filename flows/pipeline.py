@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from prefect import flow
 from pydantic import BaseModel, Field
 
+from flows import slis
 from flows.consistency import ConsistencyParams
 from flows.evaluation import EvaluateParams, GateOutcome, evaluate_model
 from flows.features import feature_pipeline
@@ -40,7 +41,7 @@ class PipelineSummary:
     scored: object
 
 
-@flow(name="ml-pipeline", log_prints=True)
+@flow(name="ml-pipeline", log_prints=True, **slis.flow_run_hooks())
 def ml_pipeline(params: PipelineParams | None = None) -> PipelineSummary:
     """Features -> consistency -> train -> evaluate -> promote (or refuse) -> batch inference."""
     params = params or PipelineParams()

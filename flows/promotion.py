@@ -6,6 +6,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
+from flows import slis
 from flows._common import mlflow_client, server_task
 from flows.locks import prefect_lock
 from mlre import registry
@@ -52,7 +53,7 @@ def move_champion(
     )
 
 
-@flow(name="promote-model", log_prints=True)
+@flow(name="promote-model", log_prints=True, **slis.flow_run_hooks())
 def promote_model(
     model_name: str | None = None,
     version: str | None = None,
@@ -81,7 +82,7 @@ def restore_previous(model_name: str, reason: str) -> registry.AuditRecord:
     )
 
 
-@flow(name="rollback-model", log_prints=True)
+@flow(name="rollback-model", log_prints=True, **slis.flow_run_hooks())
 def rollback_model(
     model_name: str | None = None, reason: str = "manual rollback"
 ) -> registry.AuditRecord:

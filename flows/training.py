@@ -12,6 +12,7 @@ from prefect.artifacts import create_link_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
+from flows import slis
 from flows._common import LabelParams, ModelParams, StoreParams, lake_source, server_task, store_for
 from mlre import training
 from mlre.data.lake import read_events
@@ -132,7 +133,7 @@ def log_and_register(
     )
 
 
-@flow(name="train-model", log_prints=True)
+@flow(name="train-model", log_prints=True, **slis.flow_run_hooks())
 def train_model(params: TrainParams | None = None) -> TrainOutcome:
     """Train a new model version on point-in-time features and register it in MLflow."""
     params = params or TrainParams()

@@ -25,6 +25,9 @@ GPU_WORK_POOL = "k8s-gpu"
 
 # Kubernetes namespace and service account the flow jobs run under (IRSA-annotated in the cloud).
 FLOWS_NAMESPACE = "mlre-flows"
+# The Prometheus job the prediction service's series carry, locally and in the cluster: the SLO
+# rules (slos/serving.yaml) select it by this name.
+SERVING_SCRAPE_JOB = "mlre-serving"
 FLOWS_SERVICE_ACCOUNT = "mlre-flows"
 
 

@@ -1,10 +1,14 @@
-"""The local platform: a real Prefect server and MLflow tracking server as background processes.
+"""The local platform: a real Prefect server and MLflow tracking server as background processes,
+and the monitoring stack next to them (Debian's Prometheus, Alertmanager and Pushgateway; see
+mlre.monitoring_config) unless `MLRE_MONITORING=false`.
 
-`up` starts what is not running and waits for health, `down` stops workers then servers, `status`
-reports each service. Any long-lived process (Prefect workers, model servers) is started with
-`start_process` and stopped with `stop_process`, which keep a PID file per process under
-`Settings.run_dir` holding the PID, the port and the process create time, so that a PID the OS has
-recycled for someone else's process is never mistaken for ours.
+`up` starts what is not running and waits for health (a missing monitoring binary is reported
+with what to install, and the rest still starts), `down` stops workers, then the monitoring
+servers, then Prefect and MLflow, `status` reports each service. Any long-lived process (Prefect
+workers, model servers) is started with `start_process` and stopped with `stop_process`, which
+keep a PID file per process under `Settings.run_dir` holding the PID, the port and the process
+create time, so that a PID the OS has recycled for someone else's process is never mistaken for
+ours.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import signal
 import sys
 import urllib.error
 import urllib.request
@@ -20,8 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from mlre import supervisor
+import psutil
+
+from mlre import monitoring_config, supervisor
 from mlre.errors import PlatformError
+from mlre.monitoring_config import MonitoringSetup
 from mlre.settings import Settings
 from mlre.supervisor import (
     PidRecord,
@@ -33,6 +41,8 @@ from mlre.supervisor import (
 )
 
 __all__ = [
+    "MONITORING_SERVICES",
+    "MonitoringSetup",
     "PidRecord",
     "ServiceSpec",
     "ServiceStatus",
@@ -50,10 +60,11 @@ __all__ = [
     "write_pid_record",
 ]
 
-Health = Literal["healthy", "unhealthy", "stopped", "running"]
+Health = Literal["healthy", "unhealthy", "stopped", "running", "not installed"]
 Echo = Callable[[str], None]
 
 WORKER_PREFIX = "worker"
+MONITORING_SERVICES = monitoring_config.SERVERS
 HEALTH_POLL_S = 0.25
 PROGRESS_EVERY_S = 5.0
 
@@ -73,6 +84,10 @@ class ServiceSpec:
     health_path: str
     port_env: str
     extra_env: dict[str, str] = field(default_factory=dict)
+    # What to install when the executable is missing ("": it is there).
+    missing: str = ""
+    # Re-read its config on SIGHUP (`up` reloads a reused server after rewriting its config).
+    reloads_on_sighup: bool = False
 
     @property
     def url(self) -> str:
@@ -157,6 +172,36 @@ def service_specs(settings: Settings) -> list[ServiceSpec]:
         extra_env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )  # fmt: skip
     return [prefect, mlflow]
+
+
+def monitoring_specs(settings: Settings, setup: MonitoringSetup | None = None) -> list[ServiceSpec]:
+    """Pushgateway, Alertmanager and Prometheus (Prometheus last: it talks to the other two)."""
+    specs = []
+    for name in MONITORING_SERVICES:
+        executable = monitoring_config.EXECUTABLES[name]
+        binary = monitoring_config.find_binary(executable)
+        argv = monitoring_config.server_argv(name, binary, settings, setup) if binary else ()
+        specs.append(
+            ServiceSpec(
+                name=name,
+                argv=argv or (executable,),
+                host=settings.host,
+                port=getattr(settings, f"{name}_port"),
+                health_path="/-/ready",
+                port_env=f"MLRE_{name.upper()}_PORT",
+                missing="" if binary else executable,
+                reloads_on_sighup=name in monitoring_config.RELOADABLE,
+            )
+        )
+    return specs
+
+
+def platform_specs(settings: Settings, setup: MonitoringSetup | None = None) -> list[ServiceSpec]:
+    """Every server `mlre up` manages: Prefect and MLflow, then the monitoring stack if enabled."""
+    specs = service_specs(settings)
+    if settings.monitoring:
+        specs += monitoring_specs(settings, setup)
+    return specs
 
 
 # ---- PID files and processes -----------------------------------------------------------------
@@ -302,17 +347,54 @@ def _suggest_port(spec: ServiceSpec) -> int:
     return spec.port + 100
 
 
-def up(settings: Settings, echo: Echo = _quiet) -> list[ServiceStatus]:
-    """Start every service that is not running, wait until all are healthy; idempotent."""
+def up(
+    settings: Settings,
+    echo: Echo = _quiet,
+    *,
+    only: tuple[str, ...] | None = None,
+    monitoring: MonitoringSetup | None = None,
+) -> list[ServiceStatus]:
+    """Start every service that is not running, wait until all are healthy; idempotent.
+
+    `only` limits it to some services by name (e.g. MONITORING_SERVICES); `monitoring` is what
+    the monitoring configs are written with (default: standard timing, the local SLO rules).
+    """
     settings.ensure_dirs()
     mlflow_artifacts_dir(settings).mkdir(parents=True, exist_ok=True)
     with _platform_lock(settings):
-        specs = service_specs(settings)
+        specs = [s for s in platform_specs(settings, monitoring) if only is None or s.name in only]
+        specs = _installed(specs, echo)
         to_start = _plan(settings, specs, echo)
+        if any(spec.name in MONITORING_SERVICES for spec in specs):
+            monitoring_config.write_configs(settings, monitoring or MonitoringSetup())
+            _reload_reused(settings, [s for s in specs if s not in to_start], echo)
         started = {spec.name: _start_service(settings, spec, echo) for spec in to_start}
         for spec in specs:
             _await_service(settings, spec, started.get(spec.name), echo)
-    return status(settings)
+    return status(settings, monitoring)
+
+
+def _installed(specs: list[ServiceSpec], echo: Echo) -> list[ServiceSpec]:
+    """The specs whose executable exists; says what to install for the others."""
+    missing = [spec for spec in specs if spec.missing]
+    if missing:
+        echo(
+            f"monitoring: {', '.join(s.missing for s in missing)} not found on PATH, so "
+            f"{', '.join(s.name for s in missing)} will not run; the rest starts as usual.\n"
+            f"hint: install Debian's packages: `sudo {monitoring_config.INSTALL_HINT}` "
+            "(or set MLRE_MONITORING=false)."
+        )
+    return [spec for spec in specs if not spec.missing]
+
+
+def _reload_reused(settings: Settings, reused: list[ServiceSpec], echo: Echo) -> None:
+    """Have running Prometheus/Alertmanager re-read the configs (and SLO rules) just written."""
+    for spec in reused:
+        proc = live_process(read_pid_record(pid_path(settings, spec.name)))
+        if spec.reloads_on_sighup and proc is not None:
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(signal.SIGHUP)
+                echo(f"{spec.name}: configuration reloaded")
 
 
 def _plan(settings: Settings, specs: list[ServiceSpec], echo: Echo) -> list[ServiceSpec]:
@@ -377,17 +459,20 @@ def down(settings: Settings, echo: Echo = _quiet) -> list[str]:
 
 
 def _stop_phases(settings: Settings) -> list[list[str]]:
-    """Workers first, then other recorded processes (model servers...), then the servers."""
+    """Workers first, then other recorded processes (model servers...), then the monitoring
+    servers, then Prefect and MLflow."""
     services = [spec.name for spec in reversed(service_specs(settings))]
-    others = [name for name in recorded_names(settings) if name not in services]
+    recorded = recorded_names(settings)
+    monitoring = [name for name in reversed(MONITORING_SERVICES) if name in recorded]
+    others = [name for name in recorded if name not in services and name not in monitoring]
     workers = [name for name in others if name.startswith(WORKER_PREFIX)]
     rest = [name for name in others if not name.startswith(WORKER_PREFIX)]
-    return [workers, rest, services]
+    return [workers, rest, monitoring, services]
 
 
-def status(settings: Settings) -> list[ServiceStatus]:
+def status(settings: Settings, monitoring: MonitoringSetup | None = None) -> list[ServiceStatus]:
     """Each server (and any other recorded process) with its URL, PID and health."""
-    rows = [_service_status(settings, spec) for spec in service_specs(settings)]
+    rows = [_service_status(settings, spec) for spec in platform_specs(settings, monitoring)]
     services = {row.name for row in rows}
     for name in recorded_names(settings):
         if name not in services:
@@ -408,7 +493,7 @@ def status(settings: Settings) -> list[ServiceStatus]:
 def _service_status(settings: Settings, spec: ServiceSpec) -> ServiceStatus:
     record = read_pid_record(pid_path(settings, spec.name))
     alive = live_process(record) is not None
-    health: Health = "stopped"
+    health: Health = "not installed" if spec.missing and not alive else "stopped"
     if alive:
         health = "healthy" if check_health(spec) else "unhealthy"
     return ServiceStatus(
@@ -421,6 +506,7 @@ def _service_status(settings: Settings, spec: ServiceSpec) -> ServiceStatus:
 
 
 def services_healthy(rows: list[ServiceStatus], settings: Settings) -> bool:
-    """True when every platform server (not workers) is healthy."""
-    names = {spec.name for spec in service_specs(settings)}
-    return all(row.health == "healthy" for row in rows if row.name in names)
+    """True when every platform server (not workers) is healthy; a monitoring server that is not
+    installed does not count (`mlre up` said what to install)."""
+    names = {spec.name for spec in platform_specs(settings)}
+    return all(row.health in {"healthy", "not installed"} for row in rows if row.name in names)

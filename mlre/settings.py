@@ -56,6 +56,25 @@ class Settings(BaseSettings):
         "see it; pyarrow URI options may follow (?region=eu-west-1). Default: the local lake.",
     )
 
+    # Monitoring: Prometheus, Alertmanager and the Pushgateway (mlre.monitoring_config). The
+    # *_url fields point at remote servers (the cloud's); empty means the local ones `mlre up`
+    # starts, and nothing at all when `monitoring` is off. Read the *_endpoint properties.
+    monitoring: bool = Field(
+        True, description="Whether `mlre up` starts Prometheus, Alertmanager and the Pushgateway."
+    )
+    prometheus_port: int = 9090
+    alertmanager_port: int = 9093
+    pushgateway_port: int = 9091
+    prometheus_url: str = Field("", description="Remote Prometheus (default: the local one).")
+    alertmanager_url: str = Field("", description="Remote Alertmanager (default: the local one).")
+    pushgateway_url: str = Field(
+        "", description="Pushgateway the flows push their SLIs to (default: the local one)."
+    )
+    alert_webhook_url: str = Field(
+        "",
+        description="Where the local Alertmanager posts page and ticket alerts (empty: dropped).",
+    )
+
     @property
     def lake_dir(self) -> Path:
         """Root of the local parquet lake (sources and prediction logs)."""
@@ -110,6 +129,32 @@ class Settings(BaseSettings):
     def mlflow_tracking_uri(self) -> str:
         return self.mlflow_uri or f"http://{self.host}:{self.mlflow_port}"
 
+    @property
+    def monitoring_dir(self) -> Path:
+        """Generated Prometheus/Alertmanager configs and the three servers' data."""
+        return self.home / "monitoring"
+
+    def _monitoring_endpoint(self, remote: str, port: int) -> str:
+        """The remote URL, else the local server's (or "" when monitoring is off)."""
+        if remote:
+            return remote.rstrip("/")
+        return f"http://{self.host}:{port}" if self.monitoring else ""
+
+    @property
+    def prometheus_endpoint(self) -> str:
+        """Prometheus' base URL ("" when none is configured)."""
+        return self._monitoring_endpoint(self.prometheus_url, self.prometheus_port)
+
+    @property
+    def alertmanager_endpoint(self) -> str:
+        """Alertmanager's base URL ("" when none is configured)."""
+        return self._monitoring_endpoint(self.alertmanager_url, self.alertmanager_port)
+
+    @property
+    def pushgateway_endpoint(self) -> str:
+        """The Pushgateway's base URL; "" when none is configured (the flows push nothing)."""
+        return self._monitoring_endpoint(self.pushgateway_url, self.pushgateway_port)
+
     def runtime_env(self) -> dict[str, str]:
         """Environment every platform process needs: state under `home`, telemetry off."""
         return {
@@ -154,6 +199,7 @@ class Settings(BaseSettings):
             self.tmp_dir,
             self.prefect_home,
             self.mlflow_dir,
+            self.monitoring_dir,
             self.home / "matplotlib",
         ):
             path.mkdir(parents=True, exist_ok=True)

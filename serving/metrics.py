@@ -12,6 +12,11 @@ if TYPE_CHECKING:
     from serving.models import ModelSet
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+# Causes counted against a served model version (FeatureUnavailable's causes and the model's own).
+VERSION_ERROR_CAUSES = (
+    "feature_timeout", "feature_store", "circuit_open", "feature_transform", "model_error",
+)  # fmt: skip
+ROUTES = ("champion", "canary", "fallback")
 
 
 class Metrics:
@@ -73,6 +78,13 @@ class Metrics:
             self.model_info.labels(slot=slot, version=version).set(0)
         for slot, version in slots:
             self.model_info.labels(slot=slot, version=version).set(1)
+            # Series at 0 from the moment a version is served: Prometheus' increase() needs two
+            # samples, so a counter born with the first error would hide that error from rate
+            # queries (the SLO rules, the canary judging every replica).
+            for cause in VERSION_ERROR_CAUSES:
+                self.errors.labels(cause=cause, model_version=version)
+            for route in ROUTES:
+                self.predictions.labels(model_version=version, route=route)
         self._slots = slots
         self.share.set(models.canary_share)
         self.reloads.inc()

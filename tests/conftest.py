@@ -34,6 +34,9 @@ def pytest_configure(config: pytest.Config) -> None:
     _SAVED_ENV.update(os.environ)
     _keep_prometheus_in_memory()
     os.environ["MLRE_HOME"] = str(TEST_HOME)
+    # Flows run in-process push their SLIs only where a test starts its own Pushgateway (and
+    # says so); never to a person's monitoring stack on the default ports.
+    os.environ["MLRE_MONITORING"] = "false"
     get_settings.cache_clear()
     apply_runtime_env(get_settings())
 

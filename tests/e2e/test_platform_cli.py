@@ -1,5 +1,6 @@
-"""`mlre up | status | down` as a user runs them: real Prefect and MLflow servers on free ports in
-a private home under `.mlre/`, plus the process manager against real child processes."""
+"""`mlre up | status | down` as a user runs them: real Prefect and MLflow servers and the
+monitoring stack (Debian's Prometheus, Alertmanager, Pushgateway) on free ports in a private home
+under `.mlre/`, plus the process manager against real child processes."""
 
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ import urllib.request
 import psutil
 import pytest
 
-from mlre import local_platform, supervisor
+from mlre import local_platform, monitoring_config, supervisor
 from mlre.errors import PlatformError
 from mlre.supervisor import free_port
 from mlre.waiting import wait_until
 from tests.e2e.conftest import PrivatePlatform
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+SERVICES = {"prefect", "mlflow", "pushgateway", "alertmanager", "prometheus"}
 
 
 def _running(pid: int) -> bool:
@@ -38,6 +41,10 @@ def test_up_reuse_status_down(private_platform: PrivatePlatform) -> None:
     plat = private_platform
     prefect_url = f"http://127.0.0.1:{plat.prefect_port}"
     mlflow_url = f"http://127.0.0.1:{plat.mlflow_port}"
+    monitoring_urls = [
+        f"http://127.0.0.1:{port}"
+        for port in (plat.prometheus_port, plat.alertmanager_port, plat.pushgateway_port)
+    ]
 
     started = time.monotonic()
     first = plat.mlre("up")
@@ -45,20 +52,26 @@ def test_up_reuse_status_down(private_platform: PrivatePlatform) -> None:
     assert first.returncode == 0, first.stderr + first.stdout
     assert _healthy(f"{prefect_url}/api/health")
     assert _healthy(f"{mlflow_url}/health")
+    for url in monitoring_urls:
+        assert _healthy(f"{url}/-/ready")
     pids = plat.pids()
-    assert set(pids) == {"prefect", "mlflow"}
+    assert set(pids) == SERVICES
+    config = plat.home / "monitoring" / "prometheus.yml"
+    assert f"127.0.0.1:{plat.pushgateway_port}" in config.read_text()
     print(f"mlre up cold: {cold_s:.1f} s")
 
     second = plat.mlre("up")
     assert second.returncode == 0, second.stderr
-    assert second.stdout.count("already running") == 2
+    assert second.stdout.count("already running") == 5
+    assert "prometheus: configuration reloaded" in second.stdout
     assert plat.pids() == pids
 
     shown = plat.mlre("status")
     assert shown.returncode == 0, shown.stdout
-    assert prefect_url in shown.stdout
-    assert mlflow_url in shown.stdout
-    assert shown.stdout.count("healthy") == 2
+    for url in (prefect_url, mlflow_url, *monitoring_urls):
+        assert url in shown.stdout
+    rows = {line.split()[0]: line.split()[3] for line in shown.stdout.splitlines()[1:]}
+    assert rows == dict.fromkeys(SERVICES, "healthy")
 
     stopped = plat.mlre("down")
     assert stopped.returncode == 0, stopped.stderr
@@ -71,12 +84,12 @@ def test_up_reuse_status_down(private_platform: PrivatePlatform) -> None:
     assert "nothing was running" in again.stdout
 
 
-@pytest.mark.parametrize("taken", ["prefect", "mlflow"])
+@pytest.mark.parametrize("taken", ["prefect", "mlflow", "prometheus"])
 def test_foreign_process_on_port_is_a_clear_error(
     private_platform: PrivatePlatform, taken: str
 ) -> None:
     plat = private_platform
-    port = plat.prefect_port if taken == "prefect" else plat.mlflow_port
+    port = getattr(plat, f"{taken}_port")
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as foreign:
         foreign.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         foreign.bind(("127.0.0.1", port))
@@ -86,13 +99,37 @@ def test_foreign_process_on_port_is_a_clear_error(
     assert result.returncode == 2
     # Refused before anything starts: neither server was spawned (no start-up line, no log).
     assert "starting on" not in result.stdout
-    for service in ("prefect", "mlflow"):
+    for service in SERVICES:
         assert not local_platform.log_path(plat.settings, service).exists(), service
     assert str(port) in result.stderr
     assert taken in result.stderr
     assert f"MLRE_{taken.upper()}_PORT=" in result.stderr
     assert "Traceback" not in result.stderr
     assert plat.pids() == {}, "nothing may be left half-started"
+
+
+def test_missing_monitoring_binaries_still_bring_up_prefect_and_mlflow(
+    private_platform: PrivatePlatform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = private_platform.settings
+    monkeypatch.setattr(monitoring_config, "find_binary", lambda name: None)
+    said: list[str] = []
+
+    rows = {row.name: row.health for row in local_platform.up(settings, said.append)}
+
+    assert rows == {
+        "prefect": "healthy",
+        "mlflow": "healthy",
+        "pushgateway": "not installed",
+        "alertmanager": "not installed",
+        "prometheus": "not installed",
+    }
+    hint = next(line for line in said if "not found" in line)
+    assert "apt-get install" in hint
+    for package in monitoring_config.DEBIAN_PACKAGES:
+        assert package in hint
+    assert local_platform.services_healthy(local_platform.status(settings), settings)
+    assert set(private_platform.pids()) == {"prefect", "mlflow"}
 
 
 def test_stop_process_kills_the_whole_group(private_platform: PrivatePlatform) -> None:

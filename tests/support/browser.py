@@ -55,8 +55,9 @@ def rendered_dom(url: str) -> str:
     return _run("--dump-dom", url).stdout
 
 
-def screenshot(url: str, path: Path) -> Path:
-    """A PNG of the rendered page."""
+def screenshot(url: str, path: Path, *, height: int | None = None) -> Path:
+    """A PNG of the rendered page (`height`: a taller window, for long pages)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    _run(f"--screenshot={path}", url)
+    size = (f"--window-size=1500,{height}",) if height else ()
+    _run(*size, f"--screenshot={path}", url)
     return path

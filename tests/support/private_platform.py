@@ -10,7 +10,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlre import local_platform
@@ -28,6 +28,10 @@ class PrivatePlatform:
     home: Path
     prefect_port: int
     mlflow_port: int
+    # The monitoring stack `mlre up` starts too (never the default 9090/9093/9091 of a person's).
+    prometheus_port: int = field(default_factory=free_port)
+    alertmanager_port: int = field(default_factory=free_port)
+    pushgateway_port: int = field(default_factory=free_port)
 
     @property
     def env(self) -> dict[str, str]:
@@ -36,13 +40,23 @@ class PrivatePlatform:
             "MLRE_HOME": str(self.home),
             "MLRE_PREFECT_PORT": str(self.prefect_port),
             "MLRE_MLFLOW_PORT": str(self.mlflow_port),
+            "MLRE_PROMETHEUS_PORT": str(self.prometheus_port),
+            "MLRE_ALERTMANAGER_PORT": str(self.alertmanager_port),
+            "MLRE_PUSHGATEWAY_PORT": str(self.pushgateway_port),
+            "MLRE_MONITORING": "true",
             "MLRE_HEALTH_TIMEOUT_S": "120",
         }
 
     @property
     def settings(self) -> Settings:
         return Settings(
-            home=self.home, prefect_port=self.prefect_port, mlflow_port=self.mlflow_port
+            home=self.home,
+            prefect_port=self.prefect_port,
+            mlflow_port=self.mlflow_port,
+            prometheus_port=self.prometheus_port,
+            alertmanager_port=self.alertmanager_port,
+            pushgateway_port=self.pushgateway_port,
+            monitoring=True,
         )
 
     def mlre(self, *args: str) -> subprocess.CompletedProcess[str]:

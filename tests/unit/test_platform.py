@@ -18,7 +18,7 @@ pytestmark = pytest.mark.unit
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(home=tmp_path / "home", prefect_port=14321, mlflow_port=15432)
+    return Settings(home=tmp_path / "home", prefect_port=14321, mlflow_port=15432, monitoring=True)
 
 
 def _own_record(name: str = "worker-a", **changes: object) -> PidRecord:
@@ -117,11 +117,13 @@ def test_port_in_use_sees_a_listening_socket() -> None:
 
 
 def test_stop_phases_put_workers_first_and_servers_last(settings: Settings) -> None:
-    for name in ("prefect", "mlflow", "worker-gpu", "serve-model", "worker-cpu"):
+    names = ("prefect", "mlflow", "worker-gpu", "serve-model", "worker-cpu", "prometheus")
+    for name in (*names, "pushgateway", "alertmanager"):
         local_platform.write_pid_record(local_platform.pid_path(settings, name), _own_record(name))
     assert local_platform._stop_phases(settings) == [
         ["worker-cpu", "worker-gpu"],
         ["serve-model"],
+        ["prometheus", "alertmanager", "pushgateway"],
         ["mlflow", "prefect"],
     ]
 
@@ -131,6 +133,9 @@ def test_status_of_nothing_is_stopped_and_unhealthy(settings: Settings) -> None:
     assert [(r.name, r.health, r.pid) for r in rows] == [
         ("prefect", "stopped", None),
         ("mlflow", "stopped", None),
+        ("pushgateway", "stopped", None),
+        ("alertmanager", "stopped", None),
+        ("prometheus", "stopped", None),
     ]
     assert rows[0].url == "http://127.0.0.1:14321"
     assert not local_platform.services_healthy(rows, settings)
