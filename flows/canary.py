@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -15,10 +16,12 @@ from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 from pydantic import Field
 
+from flows import slis
 from flows._common import ModelParams, mlflow_client, server_task
 from flows.locks import prefect_lock
 from mlre import canary, registry
 from mlre.prediction_log import read_predictions
+from mlre.prometheus_api import querier
 from mlre.settings import get_settings
 from mlre.waiting import WaitTimeout, wait_until
 
@@ -30,6 +33,11 @@ class CanaryParams(ModelParams):
     steps: list[float] = Field([0.05, 0.25, 0.5], description="Increasing canary shares.")
     metrics_url: str | None = Field(
         None, description="Service /metrics (default http://MLRE_HOST:MLRE_SERVING_PORT/metrics)."
+    )
+    prometheus_url: str | None = Field(
+        None,
+        description="Judge every replica through Prometheus' API (default: MLRE_PROMETHEUS_URL "
+        "when set, as in the cloud's several pods; else the one service's /metrics above).",
     )
     min_predictions: int = Field(500, ge=1, description="Logged predictions per arm per step.")
     step_timeout_s: float = Field(600.0, gt=0, description="Max wait for those predictions.")
@@ -90,25 +98,79 @@ def _scrape(url: str) -> str:
     return response.text
 
 
-@task(name="wait-for-service-switch")
-def wait_for_switch(url: str, version: str, share: float, timeout_s: float, poll_s: float) -> str:
-    """Wait until /metrics shows the canary version at this share; returns that scrape."""
-    seen: list[Any] = [None]
+def _switched_on_metrics(url: str, version: str, share: float) -> Callable[[], object]:
+    """A check: the one service's /metrics shows the canary at this share (returns the scrape)."""
 
-    def switched() -> str | None:
+    def check() -> object:
         text = _scrape(url)
-        seen[0] = canary.served_state(text)
-        state = seen[0]
-        return text if abs(state[0] - share) < 1e-9 and state[1].get("canary") == version else None
+        state = canary.served_state(text)
+        serving = abs(state[0] - share) < 1e-9 and state[1].get("canary") == version
+        return text if serving else None
 
+    return check
+
+
+def _switched_on_prometheus(url: str, version: str, share: float) -> Callable[[], object]:
+    """A check: every replica Prometheus scrapes serves the canary at this share (returns now)."""
+    query = querier(url)
+
+    def check() -> object:
+        switched, total = canary.replicas_switched(query, version, share)
+        return datetime.now(UTC) if total and switched == total else None
+
+    return check
+
+
+@task(name="wait-for-service-switch")
+def wait_for_switch(params: CanaryParams, version: str, share: float) -> object:
+    """Wait until the service (every replica, through Prometheus) serves the canary at this
+    share; returns the step's starting point (the scrape, or the time)."""
+    where = params.prometheus_url or _metrics_url(params)
+    switched = (
+        _switched_on_prometheus(where, version, share)
+        if params.prometheus_url
+        else _switched_on_metrics(where, version, share)
+    )
     try:
-        return wait_until(switched, timeout_s=timeout_s, what="canary switch", interval_s=poll_s)
+        return wait_until(
+            switched,
+            timeout_s=params.switch_timeout_s,
+            what="canary switch",
+            interval_s=params.poll_s,
+        )
     except WaitTimeout as exc:
         raise canary.CanaryError(
-            f"The service at {url} did not switch to canary {version} at share {share} within "
-            f"{timeout_s:.0f} s (it reports {seen[0]}); is it running and polling the same "
-            "registry?"
+            f"The service at {where} did not switch to canary {version} at share {share} within "
+            f"{params.switch_timeout_s:.0f} s; is it running (every replica) and polling the "
+            "same registry?"
         ) from exc
+
+
+@task(name="measure-arms")
+def measure_arms(
+    params: CanaryParams, start: object, versions: tuple[str, str]
+) -> tuple[canary.ArmStats, canary.ArmStats]:
+    """(champion, canary) counters and latency buckets over the step: /metrics deltas of the one
+    service, or Prometheus' increase() over every replica."""
+    champion_version, canary_version = versions
+    if params.prometheus_url:
+        query, window_s = (
+            querier(params.prometheus_url),
+            (datetime.now(UTC) - start).total_seconds(),
+        )
+        return (
+            canary.arm_stats_from_prometheus(query, champion_version, "champion", window_s),
+            canary.arm_stats_from_prometheus(query, canary_version, "canary", window_s),
+        )
+    before, after = str(start), _scrape(_metrics_url(params))
+    return (
+        canary.arm_stats(after, champion_version, "champion").minus(
+            canary.arm_stats(before, champion_version, "champion")
+        ),
+        canary.arm_stats(after, canary_version, "canary").minus(
+            canary.arm_stats(before, canary_version, "canary")
+        ),
+    )
 
 
 @task(name="wait-for-predictions")
@@ -145,24 +207,16 @@ def wait_for_predictions(
 def decide(
     share: float,
     scores: tuple[np.ndarray, np.ndarray],
-    *,
-    before: str,
-    after: str,
-    versions: tuple[str, str],
+    arms: tuple[canary.ArmStats, canary.ArmStats],
     params: CanaryParams,
 ) -> canary.StepDecision:
-    """The step's decision from the logged scores and the /metrics deltas."""
-    champion_version, canary_version = versions
+    """The step's decision from the logged scores and the arms' counters."""
     evidence = canary.StepEvidence(
         share=share,
         champion_scores=scores[0],
         canary_scores=scores[1],
-        champion=canary.arm_stats(after, champion_version, "champion").minus(
-            canary.arm_stats(before, champion_version, "champion")
-        ),
-        canary=canary.arm_stats(after, canary_version, "canary").minus(
-            canary.arm_stats(before, canary_version, "canary")
-        ),
+        champion=arms[0],
+        canary=arms[1],
     )
     decision = canary.decide_step(evidence, params.thresholds)
     if len(scores[1]) < params.min_predictions or len(scores[0]) < params.min_predictions:
@@ -216,14 +270,15 @@ def _step_artifact(index: int, decision: canary.StepDecision, version: str) -> N
     )
 
 
-@flow(name="canary-rollout", log_prints=True)
+@flow(name="canary-rollout", log_prints=True, **slis.flow_run_hooks())
 def canary_rollout(params: CanaryParams | None = None) -> RolloutResult:
     """Route growing shares to the challenger; promote if every step is healthy, else roll back."""
     params = params or CanaryParams()
+    if params.prometheus_url is None and get_settings().prometheus_url:
+        params = params.model_copy(update={"prometheus_url": get_settings().prometheus_url})
     logger = get_run_logger()
     name = params.model_name or get_settings().model_name
     steps = canary.check_steps(params.steps)
-    url = _metrics_url(params)
     version = resolve_version(name, params.version)
     champion = registry.champion_version(mlflow_client(), name)
     if champion is None:
@@ -232,22 +287,15 @@ def canary_rollout(params: CanaryParams | None = None) -> RolloutResult:
     for index, share in enumerate(steps, start=1):
         set_canary_share(name, share)
         try:
-            before = wait_for_switch(url, version, share, params.switch_timeout_s, params.poll_s)
+            start = wait_for_switch(params, version, share)
         except canary.CanaryError as exc:
             result.reason = str(exc)
             roll_back(name, version, result.reason)
             raise
         since = datetime.now(UTC)
         scores = wait_for_predictions(name, version, since, params)
-        after = _scrape(url)
-        decision = decide(
-            share,
-            scores,
-            before=before,
-            after=after,
-            versions=(champion.version, version),
-            params=params,
-        )
+        arms = measure_arms(params, start, (champion.version, version))
+        decision = decide(share, scores, arms, params)
         _step_artifact(index, decision, version)
         result.decisions.append(decision.row())
         logger.info("Step %d (share %g): %s", index, share, decision.row())

@@ -21,6 +21,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from mlre.errors import MlreError
+from mlre.prometheus_api import Query, label_value, scalar
 
 CANARY_SHARE_TAG = "canary.share"
 CANARY_VERSION_TAG = "canary.version"
@@ -195,6 +196,36 @@ def served_state(metrics_text: str) -> tuple[float, dict[str, str]]:
             elif sample.name == MODEL_INFO_METRIC and sample.value == 1:
                 slots[sample.labels["slot"]] = sample.labels["version"]
     return share, slots
+
+
+def _window(seconds: float) -> str:
+    return f"{max(math.ceil(seconds), 1)}s"
+
+
+def arm_stats_from_prometheus(query: Query, version: str, route: str, window_s: float) -> ArmStats:
+    """What `version` on `route` did over the last `window_s`, summed over EVERY replica that
+    Prometheus scrapes (one pod's /metrics would judge a random pod)."""
+    v, r, w = label_value(version), label_value(route), _window(window_s)
+    served = f'model_version="{v}",route="{r}"'
+    predictions = scalar(query(f"sum(increase({REQUESTS_METRIC}_total{{{served}}}[{w}]))"), 0.0)
+    errors = scalar(query(f'sum(increase({ERRORS_METRIC}_total{{model_version="{v}"}}[{w}]))'), 0.0)
+    rows = query(f"sum by (le) (increase({LATENCY_METRIC}_bucket{{{served}}}[{w}]))")
+    buckets = sorted((float(s.labels["le"]), s.value) for s in rows)
+    return ArmStats(predictions=predictions, errors=errors, buckets=tuple(buckets))
+
+
+def replicas_switched(query: Query, version: str, share: float) -> tuple[int, int]:
+    """(replicas serving `version` as canary at `share`, replicas Prometheus sees serving)."""
+    v = label_value(version)
+    total = scalar(query(f"count({SHARE_METRIC})"), 0.0)
+    switched = scalar(
+        query(
+            f"count(({SHARE_METRIC} == {share!r}) and on (instance) "
+            f'({MODEL_INFO_METRIC}{{slot="canary",version="{v}"}} == 1))'
+        ),
+        0.0,
+    )
+    return int(switched), int(total)
 
 
 # --------------------------------------------------------------------------------------------
