@@ -1,4 +1,5 @@
-"""Cluster add-ons: cluster-autoscaler (GPU scale-from-zero), NVIDIA device plugin, DCGM exporter.
+"""Cluster add-ons: cluster-autoscaler (GPU scale-from-zero), NVIDIA device plugin, DCGM exporter,
+and the EBS CSI driver with an encrypted gp3 StorageClass (volumes for Prometheus & co.).
 
 Autoscaler choice: cluster-autoscaler over Karpenter. Our GPU capacity is a few fixed, cost-capped
 managed node groups (max size = budget); cluster-autoscaler scales exactly those groups, reads the
@@ -16,11 +17,23 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from infra import iam
-from infra.k8s import IRSA_ANNOTATION, ClusterAccess, cpu_pool_selector
+from infra.k8s import IRSA_ANNOTATION, ClusterAccess, ScrapeTarget, cpu_pool_selector
 from mlre import k8s_labels
 
 AUTOSCALER_NAMESPACE = "kube-system"
 AUTOSCALER_SA = "cluster-autoscaler"
+# The EKS-managed EBS CSI driver's controller account; its IRSA role gets AWS's managed policy
+# (kept current by AWS as the driver gains calls; its volume actions are tag-conditioned).
+EBS_CSI_SA = "ebs-csi-controller-sa"
+EBS_CSI_POLICY = "service-role/AmazonEBSCSIDriverPolicy"
+STORAGE_CLASS = "gp3-encrypted"
+# The DCGM exporter's Service (release = chart name, so fullname = "dcgm-exporter"): the
+# monitoring component's ServiceMonitor selects it by these.
+DCGM_SERVICE_LABELS = {
+    "app.kubernetes.io/name": "dcgm-exporter",
+    "app.kubernetes.io/instance": "dcgm-exporter",
+}
+DCGM_PORT_NAME = "metrics"
 # Each add-on's Helm repository; stack.py pins the chart versions from config.
 CHART_REPOS = {
     "cluster-autoscaler": "https://kubernetes.github.io/autoscaler",
@@ -133,7 +146,8 @@ class ClusterAddons(pulumi.ComponentResource):
         release_values = {
             "cluster-autoscaler": values,
             "nvidia-device-plugin": gpu_daemon_values(),
-            # No Prometheus operator here: scrape the exporter's Service, not a ServiceMonitor.
+            # The chart's own ServiceMonitor would need the operator's CRDs before this release
+            # exists; the Monitoring component declares it instead, after kube-prometheus-stack.
             "dcgm-exporter": {**gpu_daemon_values(), "serviceMonitor": {"enabled": False}},
         }
         for chart, chart_values in release_values.items():
@@ -147,4 +161,62 @@ class ClusterAddons(pulumi.ComponentResource):
                 values=chart_values,
                 opts=k8s_opts,
             )
-        self.register_outputs({"autoscaler_role_arn": self.autoscaler_role.arn})
+        self.gpu_metrics = ScrapeTarget(
+            name="dcgm-exporter",
+            namespace=AUTOSCALER_NAMESPACE,
+            labels=DCGM_SERVICE_LABELS,
+            port=DCGM_PORT_NAME,
+            node_label=True,
+        )
+        self.ebs_csi_role = self._ebs_csi_driver(name, cluster_name, access, partition)
+        # Volumes are encrypted (AWS-managed EBS key, like the node root volumes) and created in
+        # the zone of the pod that first mounts them.
+        storage_class = k8s.storage.v1.StorageClass(
+            f"{name}-{STORAGE_CLASS}",
+            metadata={"name": STORAGE_CLASS},
+            provisioner="ebs.csi.aws.com",
+            parameters={"type": "gp3", "encrypted": "true"},
+            volume_binding_mode="WaitForFirstConsumer",
+            allow_volume_expansion=True,
+            reclaim_policy="Delete",
+            opts=k8s_opts,
+        )
+        self.storage_class = storage_class.metadata.apply(lambda m: m["name"])
+        self.register_outputs(
+            {
+                "autoscaler_role_arn": self.autoscaler_role.arn,
+                "ebs_csi_role_arn": self.ebs_csi_role.arn,
+                "storage_class": self.storage_class,
+            }
+        )
+
+    def _ebs_csi_driver(
+        self,
+        name: str,
+        cluster_name: pulumi.Input[str],
+        access: ClusterAccess,
+        partition: pulumi.Output[str],
+    ) -> aws.iam.Role:
+        """The EKS-managed EBS CSI driver add-on with its IRSA role (EKS has no EBS provisioner
+        of its own since 1.23: without it a PersistentVolumeClaim stays Pending)."""
+        trust = pulumi.Output.all(access.oidc_provider_arn, access.oidc_issuer_url).apply(
+            lambda a: iam.irsa_trust_policy(a[0], a[1], AUTOSCALER_NAMESPACE, EBS_CSI_SA)
+        )
+        child = pulumi.ResourceOptions(parent=self)
+        role = aws.iam.Role(f"{name}-ebs-csi-role", assume_role_policy=trust, opts=child)
+        aws.iam.RolePolicyAttachment(
+            f"{name}-ebs-csi-policy",
+            role=role.name,
+            policy_arn=pulumi.Output.concat("arn:", partition, ":iam::aws:policy/", EBS_CSI_POLICY),
+            opts=pulumi.ResourceOptions(parent=role),
+        )
+        aws.eks.Addon(
+            f"{name}-ebs-csi-driver",
+            cluster_name=cluster_name,
+            addon_name="aws-ebs-csi-driver",
+            service_account_role_arn=role.arn,
+            resolve_conflicts_on_create="OVERWRITE",
+            resolve_conflicts_on_update="PRESERVE",
+            opts=child,
+        )
+        return role

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 
 import pulumi
@@ -94,6 +95,22 @@ class ServicesConfig:
 
 
 @dataclass(frozen=True)
+class MonitoringConfig:
+    """Prometheus, Alertmanager, Grafana and the Pushgateway; where alerts go."""
+
+    namespace: str
+    stack_chart_version: str
+    pushgateway_chart_version: str
+    retention: str
+    storage_gb: int
+    prometheus_cpu_request: str
+    prometheus_memory: str
+    replicas: int
+    page_webhook_url: pulumi.Output[str]
+    ticket_webhook_url: pulumi.Output[str]
+
+
+@dataclass(frozen=True)
 class BudgetConfig:
     """Monthly cost alarm."""
 
@@ -111,6 +128,7 @@ class StackConfig:
     cluster: ClusterConfig
     data: DataConfig
     services: ServicesConfig
+    monitoring: MonitoringConfig
     budget: BudgetConfig
 
     @property
@@ -264,6 +282,39 @@ def _services(cfg: pulumi.Config) -> ServicesConfig:
     )
 
 
+# A Prometheus duration: one or more <number><unit> pairs, e.g. 31d or 1w3d.
+_DURATION = re.compile(r"(\d+(ms|s|m|h|d|w|y))+")
+
+
+def _monitoring(cfg: pulumi.Config) -> MonitoringConfig:
+    """Monitoring section; the receivers' webhook URLs are only ever secrets."""
+    retention = cfg.require("prometheusRetention")
+    if not _DURATION.fullmatch(retention):
+        raise InfraConfigError(
+            f"mlre:prometheusRetention is {retention!r}; use a Prometheus duration such as 31d"
+        )
+    storage_gb = cfg.require_int("prometheusStorageGb")
+    replicas = cfg.require_int("monitoringReplicas")
+    if storage_gb < 10:
+        raise InfraConfigError(
+            f"mlre:prometheusStorageGb is {storage_gb}; use at least 10 (GiB per replica)"
+        )
+    if replicas < 1:
+        raise InfraConfigError(f"mlre:monitoringReplicas is {replicas}; use 1 or more")
+    return MonitoringConfig(
+        namespace=cfg.require("monitoringNamespace"),
+        stack_chart_version=cfg.require("kubePrometheusStackChartVersion"),
+        pushgateway_chart_version=cfg.require("pushgatewayChartVersion"),
+        retention=retention,
+        storage_gb=storage_gb,
+        prometheus_cpu_request=cfg.require("prometheusCpuRequest"),
+        prometheus_memory=cfg.require("prometheusMemory"),
+        replicas=replicas,
+        page_webhook_url=cfg.require_secret("alertPageWebhookUrl"),
+        ticket_webhook_url=cfg.require_secret("alertTicketWebhookUrl"),
+    )
+
+
 def load_config() -> StackConfig:
     """Read the whole stack config once into a frozen, validated object."""
     cfg = pulumi.Config()
@@ -274,6 +325,7 @@ def load_config() -> StackConfig:
         cluster=_cluster(cfg),
         data=_data(cfg),
         services=_services(cfg),
+        monitoring=_monitoring(cfg),
         budget=BudgetConfig(
             monthly_limit_usd=cfg.require_int("monthlyBudgetUsd"),
             alert_email=cfg.require("budgetAlertEmail"),

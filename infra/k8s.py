@@ -52,6 +52,19 @@ class ClusterAccess:
 
 
 @dataclass(frozen=True)
+class ScrapeTarget:
+    """A Service Prometheus scrapes: where it is, the labels that select it, its port's name."""
+
+    name: str
+    namespace: str
+    labels: Mapping[str, str]
+    port: str
+    path: str = "/metrics"
+    node_label: bool = False  # add the scraped pod's node as label `node`
+    job: str | None = None  # the `job` label its series carry (the SLO rules select on it)
+
+
+@dataclass(frozen=True)
 class ConfigVolume:
     """A Secret or ConfigMap volume, mounted read-only at one path."""
 

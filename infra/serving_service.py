@@ -9,6 +9,7 @@ from infra import iam
 from infra.feast_service import FeatureStoreAccess
 from infra.k8s import (
     ClusterAccess,
+    ScrapeTarget,
     app_labels,
     app_secret,
     cpu_autoscaler,
@@ -17,6 +18,7 @@ from infra.k8s import (
     irsa_service_account,
     resources,
 )
+from mlre.k8s_labels import SERVING_SCRAPE_JOB
 
 APP = "serving"
 PORT = 8000  # MLRE_SERVING_PORT; set explicitly below so the image default cannot drift
@@ -189,6 +191,11 @@ class ServingService(pulumi.ComponentResource):
             opts=k8s_opts,
         )
         self.url = http_service(name, app=APP, namespace=namespace, public=public, opts=k8s_opts)
+        # What the monitoring component's ServiceMonitor selects: http_service's labels and port.
+        # Same job name as the local Prometheus's scrape: one set of SLO rules for both.
+        self.metrics = ScrapeTarget(
+            name=APP, namespace=namespace, labels=labels, port="http", job=SERVING_SCRAPE_JOB
+        )
         cpu_autoscaler(
             name,
             app=APP,

@@ -14,6 +14,8 @@ from infra.feast_service import FeastService, FeatureStoreAccess
 from infra.k8s import ClusterAccess, in_cluster_url, namespace
 from infra.mlflow_service import APP as MLFLOW_APP
 from infra.mlflow_service import MlflowService
+from infra.monitoring import Monitoring
+from infra.monitoring_assets import MonitoringAssets
 from infra.network import DataPlacement, Network
 from infra.node_pools import CpuNodePool, GpuNodePool, NodeTarget
 from infra.prefect_worker import PrefectWorkers
@@ -46,7 +48,7 @@ def build(cfg: StackConfig) -> dict[str, pulumi.Input[object]]:
         oidc_provider_arn=cluster.oidc_provider.arn,
         oidc_issuer_url=cluster.oidc_issuer_url,
     )
-    ClusterAddons(
+    addons = ClusterAddons(
         f"{p}-addons",
         cluster_name=cluster.name,
         region=cfg.region,
@@ -131,6 +133,18 @@ def build(cfg: StackConfig) -> dict[str, pulumi.Input[object]]:
         opts=pulumi.ResourceOptions(depends_on=[flows_ns, system]),
         **irsa,
     )
+    mon = cfg.monitoring
+    monitoring_ns = namespace(mon.namespace, provider, cluster, level="baseline")
+    monitoring = Monitoring(
+        f"{p}-monitoring",
+        mon,
+        assets=MonitoringAssets.load(),
+        access=access,
+        storage_class=addons.storage_class,
+        cluster_label=p,
+        scrape_targets=[serving.metrics, addons.gpu_metrics],
+        opts=pulumi.ResourceOptions(depends_on=[monitoring_ns, system, addons]),
+    )
     CostGuard(f"{p}-cost", cfg.budget)
     return {
         "cluster_name": cluster.name,
@@ -157,4 +171,13 @@ def build(cfg: StackConfig) -> dict[str, pulumi.Input[object]]:
         "flows_role_arn": workers.flows_role.arn,
         "mlflow_admin_password": pulumi.Output.secret(mlflow.admin_password.result),
         "gpu_node_pools": [pool.name for pool in cfg.cluster.gpu_pools],
+        # In-cluster monitoring endpoints. The batch flows push their SLIs to pushgateway_url:
+        # give it to flow runs via job_variables.env (the work-pool templates are generated
+        # before the stack exists, like prediction_log_uri). prometheus_url is what the canary
+        # and `mlre slo status` query.
+        "pushgateway_url": monitoring.pushgateway_url,
+        "prometheus_url": monitoring.prometheus_url,
+        "alertmanager_url": monitoring.alertmanager_url,
+        "grafana_url": monitoring.grafana_url,
+        "grafana_admin_password": pulumi.Output.secret(monitoring.grafana_password.result),
     }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -31,6 +32,10 @@ IAM_POLICY_TYPES = frozenset(
     }
 )
 GPU_AMI_MARKERS = ("NVIDIA", "GPU")
+HELM_RELEASE_TYPES = frozenset({"kubernetes:helm.sh/v3:Release", "kubernetes:helm.sh/v4:Chart"})
+STORAGE_CLASS_TYPE = "kubernetes:storage.k8s.io/v1:StorageClass"
+EBS_PROVISIONERS = frozenset({"ebs.csi.aws.com", "kubernetes.io/aws-ebs"})
+EXACT_VERSION = re.compile(r"\d+\.\d+\.\d+")
 S3_SSE_TYPE = (
     "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration"
 )
@@ -253,6 +258,26 @@ def iam_no_wildcards(args: ResourceValidationArgs, report: ReportViolation) -> N
             report(f"IAM policy statement {problem}", None)
 
 
+# --- Kubernetes -----------------------------------------------------------------------------
+
+
+def helm_chart_pinned(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """Every Helm chart is pinned to one exact version (no range, no 'latest')."""
+    if not _only(HELM_RELEASE_TYPES, args):
+        return
+    version = args.props.get("version")
+    if not isinstance(version, str) or not EXACT_VERSION.fullmatch(version):
+        report(f"Helm chart {args.props.get('chart')!r} is not pinned (version {version!r})", None)
+
+
+def storage_class_encrypted(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """EBS-backed StorageClasses create encrypted volumes."""
+    if not _only(STORAGE_CLASS_TYPE, args) or args.props.get("provisioner") not in EBS_PROVISIONERS:
+        return
+    if not _truthy((args.props.get("parameters") or {}).get("encrypted")):
+        report("EBS StorageClass must set parameters.encrypted: 'true'", None)
+
+
 def _policy(name: str, description: str, validate: Any) -> ResourceValidationPolicy:
     """A mandatory resource policy."""
     return ResourceValidationPolicy(
@@ -288,4 +313,8 @@ POLICIES: list[ResourceValidationPolicy] = [
     _policy("rds-hardened", "RDS encrypted, private, backed up.", rds_hardened),
     _policy("elasticache-hardened", "Redis encrypted with AUTH.", elasticache_hardened),
     _policy("iam-no-wildcards", "IAM policies without wildcards.", iam_no_wildcards),
+    _policy("helm-chart-pinned", "Helm charts pinned to exact versions.", helm_chart_pinned),
+    _policy(
+        "storage-class-encrypted", "EBS StorageClasses encrypt volumes.", storage_class_encrypted
+    ),
 ]

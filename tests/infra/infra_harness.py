@@ -24,8 +24,12 @@ REGION = "us-east-1"
 AZS = ["us-east-1a", "us-east-1b", "us-east-1c"]
 OIDC_ISSUER = "https://oidc.eks.us-east-1.amazonaws.com/id/EXAMPLED539D4633E53DE1B71EXAMPLE"
 SECRET_SIG = "4dabf18193072939515e22adb298388d"
-SECRET_KEYS = ["mlre:prefectApiKey"]
-TEST_SECRETS = {"mlre:prefectApiKey": "pnu_test_only_not_a_real_key"}
+SECRET_KEYS = ["mlre:prefectApiKey", "mlre:alertPageWebhookUrl", "mlre:alertTicketWebhookUrl"]
+TEST_SECRETS = {
+    "mlre:prefectApiKey": "pnu_test_only_not_a_real_key",
+    "mlre:alertPageWebhookUrl": "https://pager.example.com/hooks/page-test-only",
+    "mlre:alertTicketWebhookUrl": "https://tickets.example.com/hooks/ticket-test-only",
+}
 
 
 def _config_string(value: Any) -> str:
@@ -206,16 +210,42 @@ def to_int(value: Any) -> Any:
     return value
 
 
-def manifests(run: Run) -> list[dict[str, Any]]:
-    """Kubernetes objects the program declares, as manifest dicts (Helm releases excluded)."""
+# API groups of custom resources: kubernetes-validate has no schema for them.
+CRD_GROUPS = ("monitoring.coreos.com",)
+
+
+def _declared(run: Run) -> list[tuple[str, dict[str, Any]]]:
+    """(type token, manifest) of every Kubernetes object declared (Helm releases excluded)."""
     return [
-        to_int(r.inputs)
+        (r.typ, to_int(r.inputs))
         for r in run.resources
         if r.typ.startswith("kubernetes:")
         and "apiVersion" in r.inputs
         and "kind" in r.inputs
         and not r.typ.startswith("kubernetes:helm.sh")
     ]
+
+
+def _is_custom(typ: str) -> bool:
+    return typ.removeprefix("kubernetes:").startswith(CRD_GROUPS)
+
+
+def manifests(run: Run) -> list[dict[str, Any]]:
+    """Built-in Kubernetes objects the program declares, as manifest dicts (the ones
+    kubernetes-validate has schemas for; custom resources are in `custom_resources`)."""
+    return [manifest for typ, manifest in _declared(run) if not _is_custom(typ)]
+
+
+def custom_resources(run: Run) -> list[dict[str, Any]]:
+    """Custom resources (PrometheusRule, ServiceMonitor) the program declares."""
+    return [manifest for typ, manifest in _declared(run) if _is_custom(typ)]
+
+
+def helm_releases(run: Run) -> dict[str, dict[str, Any]]:
+    """Helm releases by chart name, their inputs with numbers as ints."""
+    return {
+        r.inputs["chart"]: to_int(r.inputs) for r in run.of_type("kubernetes:helm.sh/v3:Release")
+    }
 
 
 def validation_args(

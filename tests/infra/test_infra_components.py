@@ -41,7 +41,7 @@ def test_components_use_mlre_type_tokens(stack_run: Run) -> None:
     tokens = {r.typ for r in stack_run.resources if r.typ.startswith("mlre:infra:")}
     for part in ("Network", "Cluster", "CpuNodePool", "GpuNodePool", "ClusterAddons", "Storage",
                  "SecureBucket", "Database", "Cache", "MlflowService", "FeastService",
-                 "PrefectWorkers", "CostGuard"):  # fmt: skip
+                 "PrefectWorkers", "Monitoring", "CostGuard"):  # fmt: skip
         assert f"mlre:infra:{part}" in tokens
 
 
@@ -140,7 +140,8 @@ def test_node_groups_use_launch_templates_and_let_autoscaler_own_size(stack_run:
 def test_gpu_daemonsets_tolerate_taint_and_select_gpu_nodes(stack_run: Run) -> None:
     releases = {r.inputs["chart"]: r.inputs for r in
                 stack_run.of_type("kubernetes:helm.sh/v3:Release")}  # fmt: skip
-    assert set(releases) == {"cluster-autoscaler", "nvidia-device-plugin", "dcgm-exporter"}
+    assert set(releases) == {"cluster-autoscaler", "nvidia-device-plugin", "dcgm-exporter",
+                             "kube-prometheus-stack", "prometheus-pushgateway"}  # fmt: skip
     for chart in ("nvidia-device-plugin", "dcgm-exporter"):
         values = releases[chart]["values"]
         assert values["tolerations"] == [k8s_labels.gpu_toleration()]
@@ -215,6 +216,7 @@ def test_irsa_roles_trust_one_service_account_each(stack_run: Run) -> None:
             subjects.append(sub)
     assert sorted(subjects) == sorted([
         "system:serviceaccount:kube-system:cluster-autoscaler",
+        "system:serviceaccount:kube-system:ebs-csi-controller-sa",
         "system:serviceaccount:mlre-platform:mlflow",
         "system:serviceaccount:mlre-platform:feast",
         "system:serviceaccount:mlre-platform:serving",

@@ -81,7 +81,8 @@ def test_mlflow_runs_basic_auth_with_secrets_from_env(stack_runs: dict[str, Run]
 
 
 def test_feast_config_is_production_shaped_without_secrets(stack_runs: dict[str, Run]) -> None:
-    (config,) = [m for m in manifests(stack_runs["dev"]) if m["kind"] == "ConfigMap"]
+    (config,) = [m for m in manifests(stack_runs["dev"]) if m["kind"] == "ConfigMap"
+                 and m["metadata"]["name"] == "feast-config"]  # fmt: skip
     text = config["data"]["feature_store.yaml"]
     assert "registry_type: sql" in text
     assert "type: redis" in text

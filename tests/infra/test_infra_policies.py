@@ -28,6 +28,7 @@ GPU_NG = {
     "scalingConfig": {"minSize": 0, "maxSize": 2, "desiredSize": 0},
 }
 ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
+HELM = "kubernetes:helm.sh/v3:Release"
 
 
 def _iam(*statements: dict) -> dict:
@@ -145,6 +146,15 @@ BAD_FIXTURES: list[tuple[str, str, dict[str, Any]]] = [
                 "Resource": "arn:aws:dynamodb:us-east-1:1:*",
             }
         ),
+    ),
+    ("helm-chart-pinned", HELM, {"chart": "kube-prometheus-stack"}),
+    ("helm-chart-pinned", HELM, {"chart": "kube-prometheus-stack", "version": "75.x"}),
+    ("helm-chart-pinned", HELM, {"chart": "kube-prometheus-stack", "version": ">=75.0.0"}),
+    ("storage-class-encrypted", rules.STORAGE_CLASS_TYPE, {"provisioner": "ebs.csi.aws.com"}),
+    (
+        "storage-class-encrypted",
+        rules.STORAGE_CLASS_TYPE,
+        {"provisioner": "ebs.csi.aws.com", "parameters": {"type": "gp3", "encrypted": "false"}},
     ),
 ]
 
