@@ -43,6 +43,7 @@ from mlre.features.services import (
     unusable_inputs,
 )
 from mlre.features.sources import kind_of
+from mlre.features.store import get_feature_service
 from mlre.mlflow_uri import global_tracking_uri, mlflow_answering
 from mlre.model_files import SKOPS_TRUSTED_TYPES
 from mlre.settings import PROJECT_ROOT, get_settings
@@ -165,14 +166,10 @@ class LoggedModel:
 
 def _service(store: FeatureStore, name: str) -> FeatureService:
     """The feature service, or a TrainingError listing the registered ones."""
-    services = {s.name: s for s in store.list_feature_services()}
-    if name not in services:
-        raise TrainingError(
-            f"Feature service {name!r} is not in Feast project {store.project!r}; known services: "
-            f"{sorted(services)}. Set TrainingConfig.feature_service to one of them "
-            "(or apply the feature repo)."
-        )
-    return services[name]
+    try:
+        return get_feature_service(store, name)
+    except FeatureStoreError as exc:
+        raise TrainingError(str(exc)) from exc
 
 
 def _service_features(store: FeatureStore, service: FeatureService) -> list[ServiceFeature]:
