@@ -18,7 +18,9 @@ from mlre.settings import PROJECT_ROOT, Settings
 from mlre.supervisor import free_port
 
 MLRE = str(Path(sys.executable).parent / "mlre")
-COMMAND_TIMEOUT_S = 150
+# Bounds a hung command, not its speed: `mlre demo` (five servers up, eleven deployments, the
+# whole pipeline through a worker) took 60-190 s on a shared 2-core machine.
+COMMAND_TIMEOUT_S = 360
 
 
 @dataclass
