@@ -125,7 +125,7 @@ CASES = [
     # train-model
     pytest.param(
         lambda p: train_model(TrainParams(feature_service="fraud_model_v9")),
-        TrainingError, ["'fraud_model_v9'"], "one of them",
+        FeatureStoreError, ["'fraud_model_v9'"], "Pass one of them",
         id="train_unknown_feature_service",
     ),
     pytest.param(
@@ -145,7 +145,7 @@ CASES = [
     ),
     pytest.param(
         lambda p: train_model(TrainParams(label_source="sources/no_such_labels")),
-        SourceDataError, ["sources/no_such_labels"], "land the data first",
+        SourceDataError, ["sources/no_such_labels"], "land the source data first",
         id="train_unknown_label_source",
     ),
     pytest.param(
@@ -184,7 +184,7 @@ CASES = [
     ),
     pytest.param(
         lambda p: batch_inference(BatchInferenceParams(request_source="sources/nothing_here")),
-        SourceDataError, ["sources/nothing_here"], "land the data first",
+        SourceDataError, ["sources/nothing_here"], "land the source data first",
         id="inference_unknown_request_source",
     ),
     pytest.param(
