@@ -28,6 +28,7 @@ COPY pyproject.toml README.md ./
 COPY mlre/ mlre/
 COPY flows/ flows/
 COPY serving/ serving/
+COPY relay/ relay/
 COPY cli/ cli/
 # The lock decides every version: `.` brings only the runtime dependencies (no infra, no dev extras).
 # Wheels only: the slim base has no compiler, and an sdist build would be an unlocked toolchain.
@@ -64,9 +65,12 @@ WORKDIR /opt/mlre
 
 COPY --from=builder /opt/venv /opt/venv
 COPY feature_repo/ feature_repo/
+# The SLO specs: the error-budget policy and slo-report read them at run time.
+COPY slos/ slos/
 COPY mlre/ mlre/
 COPY flows/ flows/
 COPY serving/ serving/
+COPY relay/ relay/
 COPY cli/ cli/
 COPY deploy/image_check.py deploy/
 

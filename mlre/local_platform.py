@@ -30,6 +30,7 @@ import psutil
 from mlre import monitoring_config, supervisor
 from mlre.errors import PlatformError
 from mlre.monitoring_config import MonitoringSetup
+from mlre.relay_config import ensure_token_file
 from mlre.settings import Settings
 from mlre.supervisor import (
     PidRecord,
@@ -65,6 +66,7 @@ Echo = Callable[[str], None]
 
 WORKER_PREFIX = "worker"
 MONITORING_SERVICES = monitoring_config.SERVERS
+RELAY_SERVICE = "relay"
 HEALTH_POLL_S = 0.25
 PROGRESS_EVERY_S = 5.0
 
@@ -196,10 +198,31 @@ def monitoring_specs(settings: Settings, setup: MonitoringSetup | None = None) -
     return specs
 
 
+def relay_spec(settings: Settings) -> ServiceSpec:
+    """The alert relay (`python -m relay`): Alertmanager's webhook -> Prefect events."""
+    return ServiceSpec(
+        name=RELAY_SERVICE,
+        argv=(str(venv_bin() / "python"), "-m", "relay"),
+        host=settings.host,
+        port=settings.relay_port,
+        health_path="/healthz",
+        port_env="MLRE_RELAY_PORT",
+        # The child reads its own settings from the environment: hand it this platform's.
+        extra_env={
+            "MLRE_HOST": settings.host,
+            "MLRE_RELAY_PORT": str(settings.relay_port),
+            "MLRE_RELAY_PREFECT_API_URL": settings.prefect_api_url,
+        },
+    )
+
+
 def platform_specs(settings: Settings, setup: MonitoringSetup | None = None) -> list[ServiceSpec]:
-    """Every server `mlre up` manages: Prefect and MLflow, then the monitoring stack if enabled."""
+    """Every server `mlre up` manages: Prefect and MLflow, then (with monitoring) the alert
+    relay and the monitoring stack (the relay first: Alertmanager posts to it)."""
     specs = service_specs(settings)
     if settings.monitoring:
+        if settings.alert_relay:
+            specs.append(relay_spec(settings))
         specs += monitoring_specs(settings, setup)
     return specs
 
@@ -365,6 +388,8 @@ def up(
         specs = [s for s in platform_specs(settings, monitoring) if only is None or s.name in only]
         specs = _installed(specs, echo)
         to_start = _plan(settings, specs, echo)
+        if any(spec.name in (*MONITORING_SERVICES, RELAY_SERVICE) for spec in specs):
+            ensure_token_file(settings)  # the relay and Alertmanager read the same token
         if any(spec.name in MONITORING_SERVICES for spec in specs):
             monitoring_config.write_configs(settings, monitoring or MonitoringSetup())
             _reload_reused(settings, [s for s in specs if s not in to_start], echo)

@@ -9,7 +9,8 @@ confused with `mlre.monitoring`, the model-performance monitoring of `monitor-pe
   `mlre-pushgateway`, `honor_labels: true`, so the `job` and grouping labels a flow pushed stay
   as pushed), loads the generated SLO rules and sends alerts to the Alertmanager.
 - Alertmanager routes `severity=page` and `severity=ticket` to the webhook receiver
-  (`alert_webhook_url`); with no webhook configured they go to receivers that drop them.
+  (`alert_webhook_url`, else the local alert relay with its bearer token); with neither they go
+  to receivers that drop them.
 - The drill profile (`DRILL`) evaluates every second and notifies within about a second, for the
   live SLO drill whose rule windows are scaled down by the same factor.
 """
@@ -27,6 +28,7 @@ import yaml
 from mlre.atomic import write_atomic
 from mlre.errors import PlatformError
 from mlre.k8s_labels import SERVING_SCRAPE_JOB
+from mlre.relay_config import relay_url, token_file
 from mlre.serving_config import ServingConfig
 from mlre.settings import PROJECT_ROOT, Settings
 from mlre.slo.outputs import LOCAL_RULES_FILE
@@ -212,17 +214,31 @@ def prometheus_config(settings: Settings, setup: MonitoringSetup) -> dict[str, A
     return config
 
 
+def alert_webhook(settings: Settings) -> dict[str, Any] | None:
+    """The webhook page and ticket alerts go to: `alert_webhook_url` as given, else the local
+    alert relay with its bearer token (a file Alertmanager reads), else None (dropped)."""
+    if settings.alert_webhook_url:
+        return {"url": settings.alert_webhook_url, "send_resolved": True}
+    if not (settings.monitoring and settings.alert_relay):
+        return None
+    return {
+        "url": relay_url(settings),
+        "send_resolved": True,
+        "http_config": {
+            "authorization": {"type": "Bearer", "credentials_file": str(token_file(settings))}
+        },
+    }
+
+
 def alertmanager_config(settings: Settings, setup: MonitoringSetup) -> dict[str, Any]:
     """alertmanager.yml as a dict: page and ticket alerts to the webhook, the rest dropped."""
     timing = setup.timing
+    webhook = alert_webhook(settings)
 
     def receiver(name: str) -> dict[str, Any]:
-        if not settings.alert_webhook_url:
+        if webhook is None:
             return {"name": name}  # no integration: Alertmanager drops what it routes here
-        return {
-            "name": name,
-            "webhook_configs": [{"url": settings.alert_webhook_url, "send_resolved": True}],
-        }
+        return {"name": name, "webhook_configs": [webhook]}
 
     return {
         "route": {

@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     prometheus_port: int = 9090
     alertmanager_port: int = 9093
     pushgateway_port: int = 9091
+    relay_port: int = Field(9096, description="The alert relay (python -m relay) listens here.")
     prometheus_url: str = Field("", description="Remote Prometheus (default: the local one).")
     alertmanager_url: str = Field("", description="Remote Alertmanager (default: the local one).")
     pushgateway_url: str = Field(
@@ -72,7 +73,20 @@ class Settings(BaseSettings):
     )
     alert_webhook_url: str = Field(
         "",
-        description="Where the local Alertmanager posts page and ticket alerts (empty: dropped).",
+        description="Where the local Alertmanager posts page and ticket alerts (empty: the "
+        "local alert relay when `alert_relay` is on, else dropped).",
+    )
+    alert_relay: bool = Field(
+        True,
+        description="Whether `mlre up` starts the alert relay next to the monitoring stack "
+        "(python -m relay: alerts -> Prefect events -> remediation automations).",
+    )
+
+    # The error-budget policy (mlre.slo.policy) of promote-model and canary-rollout.
+    budget_policy_fail_closed: bool = Field(
+        False,
+        description="Refuse promote-model and canary-rollout when the error budgets cannot be "
+        "read (no Prometheus, no data); default: allow them and say so (fail-open).",
     )
 
     @property

@@ -21,7 +21,7 @@ from tests.e2e.conftest import PrivatePlatform
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
-SERVICES = {"prefect", "mlflow", "pushgateway", "alertmanager", "prometheus"}
+SERVICES = {"prefect", "mlflow", "relay", "pushgateway", "alertmanager", "prometheus"}
 
 
 def _running(pid: int) -> bool:
@@ -54,6 +54,7 @@ def test_up_reuse_status_down(private_platform: PrivatePlatform) -> None:
     assert _healthy(f"{mlflow_url}/health")
     for url in monitoring_urls:
         assert _healthy(f"{url}/-/ready")
+    assert _healthy(f"http://127.0.0.1:{plat.relay_port}/healthz")
     pids = plat.pids()
     assert set(pids) == SERVICES
     config = plat.home / "monitoring" / "prometheus.yml"
@@ -62,7 +63,7 @@ def test_up_reuse_status_down(private_platform: PrivatePlatform) -> None:
 
     second = plat.mlre("up")
     assert second.returncode == 0, second.stderr
-    assert second.stdout.count("already running") == 5
+    assert second.stdout.count("already running") == len(SERVICES)
     assert "prometheus: configuration reloaded" in second.stdout
     assert plat.pids() == pids
 
@@ -120,6 +121,7 @@ def test_missing_monitoring_binaries_still_bring_up_prefect_and_mlflow(
     assert rows == {
         "prefect": "healthy",
         "mlflow": "healthy",
+        "relay": "healthy",  # Python, always there (a remote Alertmanager may post to it)
         "pushgateway": "not installed",
         "alertmanager": "not installed",
         "prometheus": "not installed",
@@ -129,7 +131,7 @@ def test_missing_monitoring_binaries_still_bring_up_prefect_and_mlflow(
     for package in monitoring_config.DEBIAN_PACKAGES:
         assert package in hint
     assert local_platform.services_healthy(local_platform.status(settings), settings)
-    assert set(private_platform.pids()) == {"prefect", "mlflow"}
+    assert set(private_platform.pids()) == {"prefect", "mlflow", "relay"}
 
 
 def test_stop_process_kills_the_whole_group(private_platform: PrivatePlatform) -> None:

@@ -297,13 +297,16 @@ def test_final_stage_copies_only_code_and_the_venv(stages: list[Stage]) -> None:
     sources = {
         args.split()[0] for args in stages[-1].args_of("COPY") if not args.startswith("--from=")
     }
-    # serving/ too: the same image runs the prediction service (`python -m serving`).
+    # serving/ and relay/ too: the same image runs the prediction service (`python -m serving`)
+    # and the alert relay (`python -m relay`).
     assert sources == {
         "flows/",
         "mlre/",
         "serving/",
+        "relay/",
         "cli/",
         "feature_repo/",
+        "slos/",
         "deploy/image_check.py",
     }
 

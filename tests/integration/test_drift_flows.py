@@ -31,6 +31,7 @@ from mlre.monitoring import MonitoringConfig
 from mlre.settings import get_settings
 from mlre.waiting import WaitTimeout, wait_until
 from tests.integration.conftest import build_feature_env, recent_config
+from tests.support.prefect_runs import deployment_runs
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -236,15 +237,7 @@ def test_concept_drift_is_caught_by_performance_not_by_input_drift(champion) -> 
 
 
 def _runs_of(deployment_id: Any) -> int:
-    """Flow runs the server holds for a deployment."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
-        )
-    return len(runs)
+    return len(deployment_runs(deployment_id))
 
 
 def _wait_for(condition: Callable[[], bool], timeout_s: float = 60.0) -> bool:

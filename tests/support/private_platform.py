@@ -34,6 +34,7 @@ class PrivatePlatform:
     prometheus_port: int = field(default_factory=free_port)
     alertmanager_port: int = field(default_factory=free_port)
     pushgateway_port: int = field(default_factory=free_port)
+    relay_port: int = field(default_factory=free_port)
 
     @property
     def env(self) -> dict[str, str]:
@@ -45,6 +46,7 @@ class PrivatePlatform:
             "MLRE_PROMETHEUS_PORT": str(self.prometheus_port),
             "MLRE_ALERTMANAGER_PORT": str(self.alertmanager_port),
             "MLRE_PUSHGATEWAY_PORT": str(self.pushgateway_port),
+            "MLRE_RELAY_PORT": str(self.relay_port),
             "MLRE_MONITORING": "true",
             "MLRE_HEALTH_TIMEOUT_S": "120",
         }
@@ -58,6 +60,7 @@ class PrivatePlatform:
             prometheus_port=self.prometheus_port,
             alertmanager_port=self.alertmanager_port,
             pushgateway_port=self.pushgateway_port,
+            relay_port=self.relay_port,
             monitoring=True,
         )
 

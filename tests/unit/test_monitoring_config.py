@@ -223,8 +223,43 @@ def test_page_and_ticket_receivers_post_to_the_webhook_or_drop(settings: Setting
         assert receivers[name]["webhook_configs"] == [{"url": WEBHOOK, "send_resolved": True}]
     assert receivers["null"] == {"name": "null"}
 
-    without = monitoring_config.alertmanager_config(settings, MonitoringSetup())
+    # No webhook given: the local alert relay, with the bearer token file it shares.
+    relayed = monitoring_config.alertmanager_config(settings, MonitoringSetup())
+    receivers = {r["name"]: r for r in relayed["receivers"]}
+    token = settings.home / "relay" / "token"
+    for name in ("page", "ticket"):
+        assert receivers[name]["webhook_configs"] == [
+            {
+                "url": f"http://127.0.0.1:{settings.relay_port}/alerts",
+                "send_resolved": True,
+                "http_config": {
+                    "authorization": {"type": "Bearer", "credentials_file": str(token)}
+                },
+            }
+        ]
+
+    without = monitoring_config.alertmanager_config(
+        settings.model_copy(update={"alert_relay": False}), MonitoringSetup()
+    )
     assert all(set(r) == {"name"} for r in without["receivers"])
+
+
+def test_the_relay_starts_before_alertmanager_unless_turned_off(settings: Settings) -> None:
+    specs = {s.name: s for s in local_platform.platform_specs(settings)}
+    assert list(specs) == [
+        "prefect",
+        "mlflow",
+        "relay",
+        "pushgateway",
+        "alertmanager",
+        "prometheus",
+    ]
+    relay = specs["relay"]
+    assert relay.argv[1:] == ("-m", "relay")
+    assert relay.health_url == f"http://127.0.0.1:{settings.relay_port}/healthz"
+    assert relay.extra_env["MLRE_RELAY_PREFECT_API_URL"] == settings.prefect_api_url
+    off = settings.model_copy(update={"alert_relay": False})
+    assert "relay" not in [s.name for s in local_platform.platform_specs(off)]
 
 
 # ---- the servers `mlre up` starts ------------------------------------------------------------
@@ -260,7 +295,7 @@ def test_a_missing_binary_is_named_and_left_out(
 
     kept = local_platform._installed(specs, said.append)
 
-    assert [s.name for s in kept] == ["prefect", "mlflow", "pushgateway", "prometheus"]
+    assert [s.name for s in kept] == ["prefect", "mlflow", "relay", "pushgateway", "prometheus"]
     assert "prometheus-alertmanager not found" in said[0]
     assert "apt-get install" in said[0]
     assert "prometheus-alertmanager" in said[0]

@@ -133,6 +133,7 @@ def test_status_of_nothing_is_stopped_and_unhealthy(settings: Settings) -> None:
     assert [(r.name, r.health, r.pid) for r in rows] == [
         ("prefect", "stopped", None),
         ("mlflow", "stopped", None),
+        ("relay", "stopped", None),
         ("pushgateway", "stopped", None),
         ("alertmanager", "stopped", None),
         ("prometheus", "stopped", None),
