@@ -1,4 +1,7 @@
-"""Flow `canary-rollout`: raise the challenger's share step by step; roll back on any breach."""
+"""Flow `canary-rollout`: raise the challenger's share step by step; roll back on any breach.
+
+The error-budget policy (mlre.slo.policy) is asked first, before the challenger alias or any
+share moves; the canary's own rollback is never gated."""
 
 from __future__ import annotations
 
@@ -19,11 +22,14 @@ from pydantic import Field
 from flows import slis
 from flows._common import ModelParams, mlflow_client, server_task
 from flows.locks import prefect_lock
+from flows.promotion import audited_reason, check_budget_policy, requested_override
 from mlre import canary, registry
 from mlre.prediction_log import read_predictions
 from mlre.prometheus_api import querier
 from mlre.settings import get_settings
 from mlre.waiting import WaitTimeout, wait_until
+
+CANARY_ACTOR = "prefect:canary-rollout"
 
 
 class CanaryParams(ModelParams):
@@ -44,6 +50,12 @@ class CanaryParams(ModelParams):
     switch_timeout_s: float = Field(60.0, gt=0, description="Max wait for the service to switch.")
     poll_s: float = Field(2.0, gt=0, description="Polling interval while waiting.")
     thresholds: canary.CanaryThresholds = Field(default_factory=canary.CanaryThresholds)
+    override_budget_policy: bool = Field(
+        False,
+        description="Roll out even though a gating SLO's error budget is spent (needs "
+        "override_reason; the promotion's audit record says so).",
+    )
+    override_reason: str = Field("", description="Why the error-budget policy is overridden.")
 
 
 @dataclass
@@ -238,7 +250,7 @@ def roll_back(model_name: str, version: str, reason: str) -> registry.AuditRecor
         version,
         reason=reason,
         run_id=str(flow_run.get_id()),
-        actor="prefect:canary-rollout",
+        actor=CANARY_ACTOR,
         lock=prefect_lock,
     )
 
@@ -253,7 +265,7 @@ def promote(model_name: str, version: str, reason: str) -> registry.AuditRecord:
         version,
         reason=reason,
         run_id=str(flow_run.get_id()),
-        actor="prefect:canary-rollout",
+        actor=CANARY_ACTOR,
         lock=prefect_lock,
     )
     canary.set_share(client, model_name, 0.0)
@@ -279,6 +291,13 @@ def canary_rollout(params: CanaryParams | None = None) -> RolloutResult:
     logger = get_run_logger()
     name = params.model_name or get_settings().model_name
     steps = canary.check_steps(params.steps)
+    override = requested_override(
+        params.override_budget_policy, CANARY_ACTOR, params.override_reason
+    )
+    subject = f"model {name!r} " + (
+        f"version {params.version}" if params.version else "(its challenger)"
+    )
+    budget = check_budget_policy("canary", name, subject, override, params.prometheus_url)
     version = resolve_version(name, params.version)
     champion = registry.champion_version(mlflow_client(), name)
     if champion is None:
@@ -306,7 +325,7 @@ def canary_rollout(params: CanaryParams | None = None) -> RolloutResult:
     else:
         result.outcome = "promoted"
         result.reason = f"canary healthy at shares {steps}"
-        promote(name, version, result.reason)
+        promote(name, version, audited_reason(result.reason, budget))
     create_markdown_artifact(
         key="canary-rollout",
         markdown=f"# {name} v{version}: {result.outcome}\n\n{result.reason}\n",

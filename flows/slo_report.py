@@ -10,10 +10,9 @@ from pydantic import BaseModel, Field
 
 from flows import slis
 from flows._common import server_task
-from mlre.prometheus_api import firing_alerts, querier
 from mlre.settings import PROJECT_ROOT, get_settings
-from mlre.slo import load_specs
-from mlre.slo.status import SloStatus, budget_exhausted, read_status, table_rows
+from mlre.slo.policy import read_slo_statuses
+from mlre.slo.status import SloStatus, budget_exhausted, table_rows
 
 
 class SloReportParams(BaseModel):
@@ -29,8 +28,7 @@ class SloReportParams(BaseModel):
 def read_slo_status(params: SloReportParams) -> list[SloStatus]:
     """Objective, SLI, budget left, burn rates and firing alerts of every SLO."""
     url = params.prometheus_url or get_settings().prometheus_endpoint
-    specs = load_specs(Path(params.slo_dir))
-    return read_status(querier(url), firing_alerts(url), specs)
+    return read_slo_statuses(url, Path(params.slo_dir))
 
 
 @flow(name="slo-report", log_prints=True, **slis.flow_run_hooks())
