@@ -268,9 +268,12 @@ def _deploy(args: argparse.Namespace, settings: Settings) -> int:
     _echo(f"work pool {deploy.k8s_labels.LOCAL_WORK_POOL!r}: {'created' if created else 'exists'}")
     _echo("deploying every flow in prefect.yaml ...")
     deploy.deploy_all(settings)
-    retrain, zombie = deploy.ensure_platform_automations(settings)
+    retrain, zombie, *remediations = deploy.ensure_platform_automations(settings)
     _echo(f"automation {retrain.name}: drift/degradation -> ml-pipeline/weekly")
     _echo(f"automation {zombie.name}: no heartbeat for {zombie.trigger.within} -> Crashed")
+    for automation in remediations:
+        action = automation.name.removeprefix("mlre-remediate-")
+        _echo(f"automation {automation.name}: alert firing -> remediate/{action}")
     for name in deploy.deployment_names():
         _echo(f"  {name}")
     started = deploy.ensure_worker(settings)

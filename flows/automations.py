@@ -44,6 +44,8 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
+from mlre import remediation
+from mlre.alerts import FIRING_EVENT
 from mlre.errors import MlreError
 from mlre.settings import MIN_FLOW_HEARTBEAT_S
 
@@ -57,6 +59,12 @@ ZOMBIE_AUTOMATION = "mlre-crash-zombie-flow-runs"
 MISSED_HEARTBEATS = 3  # as in Prefect's docs: one late heartbeat on a busy node is not a crash
 ZOMBIE_MESSAGE = "No heartbeat from this flow run for {window}: its process is gone (zombie)."
 _REASONS_MAX = 20  # event payloads are stored with every event: keep them small
+DEFAULT_REMEDIATION_COOLDOWN = timedelta(minutes=30)
+# The whole alert event payload becomes the `alert` parameter (json + jinja: a dict, not text).
+ALERT_PARAMETER = {
+    "__prefect_kind": "json",
+    "value": {"__prefect_kind": "jinja", "template": "{{ event.payload | tojson }}"},
+}
 
 
 class AutomationError(MlreError):
@@ -130,6 +138,45 @@ def retrain_automation(
             within=cooldown,
         ),
         actions=[RunDeployment(source="selected", deployment_id=deployment_id)],
+    )
+
+
+def remediation_automation_name(action: str) -> str:
+    return f"mlre-remediate-{action}"
+
+
+def remediation_automation(action: str, deployment_id: Any, cooldown: timedelta) -> Any:
+    """Automation: an `mlre.alert.firing` event whose alert names `action` as its remediation
+    runs `remediate/<action>` with the alert, at most once per cooldown per alert instance (one
+    trigger bucket per alert resource, as for retraining: see the module docstring)."""
+    from prefect.automations import Automation, EventTrigger, Posture, RunDeployment
+
+    remediation.check_action(action)
+    if cooldown <= timedelta(0):
+        raise AutomationError(f"remediation cooldown must be positive, got {cooldown}.")
+    return Automation(
+        name=remediation_automation_name(action),
+        description=(
+            f"Run {remediation.deployment_name(action)} when an alert whose remediation is "
+            f"{action!r} fires ({remediation.ACTIONS[action]}); at most once per {cooldown} per "
+            "alert (managed by flows.automations.ensure_automations)."
+        ),
+        enabled=True,
+        trigger=EventTrigger(
+            expect={FIRING_EVENT},
+            match={"mlre.alert.remediation": action},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Reactive,
+            threshold=1,
+            within=cooldown,
+        ),
+        actions=[
+            RunDeployment(
+                source="selected",
+                deployment_id=deployment_id,
+                parameters={"action": action, "alert": ALERT_PARAMETER},
+            )
+        ],
     )
 
 
@@ -217,6 +264,40 @@ def _ensure(client: Any, wanted: Any) -> Any:
     return wanted
 
 
+def _deployment_id(client: Any, name: str, hint: str) -> Any:
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        return client.read_deployment_by_name(name).id
+    except ObjectNotFound as exc:
+        raise AutomationError(
+            f"Deployment {name!r} does not exist on {client.api_url}; {hint} "
+            "(prefect --no-prompt deploy --all), then call ensure_automations again."
+        ) from exc
+
+
+def ensure_remediation_automations(
+    cooldown: timedelta = DEFAULT_REMEDIATION_COOLDOWN, actions: Sequence[str] | None = None
+) -> list[Any]:
+    """Create or update the automation of every remediation action (deployments must exist)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return [
+            _ensure(
+                client,
+                remediation_automation(
+                    action,
+                    _deployment_id(
+                        client, remediation.deployment_name(action), "deploy the remediations"
+                    ),
+                    cooldown,
+                ),
+            )
+            for action in actions or remediation.ACTIONS
+        ]
+
+
 def ensure_automations(
     deployment_name: str = DEFAULT_DEPLOYMENT,
     cooldown: timedelta = DEFAULT_COOLDOWN,
@@ -226,7 +307,6 @@ def ensure_automations(
     """Create or update, idempotently, on the current Prefect server: the retrain automation
     of `model_name`, then the zombie-run automation (returned in that order)."""
     from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
 
     from mlre.settings import get_settings
 
@@ -238,13 +318,6 @@ def ensure_automations(
     model_name = model_name or settings.model_name
     zombie = zombie_automation(heartbeat_s or settings.flow_heartbeat_s)
     with get_client(sync_client=True) as client:
-        try:
-            deployment = client.read_deployment_by_name(deployment_name)
-        except ObjectNotFound as exc:
-            raise AutomationError(
-                f"Deployment {deployment_name!r} does not exist on {client.api_url}; deploy the "
-                "retraining pipeline first (prefect --no-prompt deploy --all), then call "
-                "ensure_automations again."
-            ) from exc
-        retrain = retrain_automation(model_name, deployment.id, cooldown)
+        deployment_id = _deployment_id(client, deployment_name, "deploy the retraining pipeline")
+        retrain = retrain_automation(model_name, deployment_id, cooldown)
         return [_ensure(client, retrain), _ensure(client, zombie)]

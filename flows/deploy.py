@@ -79,11 +79,15 @@ def deploy_all(settings: Settings) -> str:
 
 
 def ensure_platform_automations(settings: Settings) -> list[Any]:
-    """The retrain automation (drift or degradation event -> ml-pipeline run) and the one that
-    crashes zombie flow runs (no heartbeat); names and windows in flows.automations."""
-    from flows.automations import ensure_automations
+    """The retrain automation (drift or degradation event -> ml-pipeline run), the one that
+    crashes zombie flow runs (no heartbeat), then one per remediation (alert -> remediate/...);
+    names and windows in flows.automations."""
+    from flows.automations import ensure_automations, ensure_remediation_automations
 
-    return ensure_automations(model_name=settings.model_name, heartbeat_s=settings.flow_heartbeat_s)
+    return [
+        *ensure_automations(model_name=settings.model_name, heartbeat_s=settings.flow_heartbeat_s),
+        *ensure_remediation_automations(),
+    ]
 
 
 def ensure_worker(settings: Settings, pool: str = k8s_labels.LOCAL_WORK_POOL) -> bool:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from mlre.errors import ConfigError
+from mlre.remediation import ACTIONS, REMEDIATION_ANNOTATION
 from mlre.slo.durations import parse_ms
 
 API_VERSION = "mlre/v1"
@@ -448,6 +449,18 @@ def _alerting_problems(slo: Slo, at: str) -> Iterator[tuple[str, str]]:
         yield from _annotation_problems(meta.annotations, f"{at}.{field}.annotations", allowed)
     yield from _label_problems(alerting.labels, f"{at}.labels")
     yield from _annotation_problems(alerting.annotations, f"{at}.annotations", allowed)
+    for field, values in (
+        ("annotations", alerting.annotations),
+        ("pageAlert.annotations", alerting.page_alert.annotations),
+        ("ticketAlert.annotations", alerting.ticket_alert.annotations),
+    ):
+        action = values.get(REMEDIATION_ANNOTATION)
+        if action is not None and action not in ACTIONS:
+            yield (
+                f"{at}.{field}.{REMEDIATION_ANNOTATION}",
+                f"{action!r} is not a remediation; use one of {sorted(ACTIONS)} "
+                "(mlre/remediation.py) or leave it out to page only",
+            )
     if alerting.page_alert.disable and alerting.ticket_alert.disable:
         yield at, "disables both the page and the ticket alert: an SLO must alert somehow"
     yield from _absent_problems(slo, f"{at}.absent")

@@ -271,7 +271,9 @@ def test_a_runbook_has_every_part(runbook: Path) -> None:
     missing = [s for s in SECTIONS if s not in text]
     assert not missing, f"{runbook.name} lacks {missing}"
     assert "```promql" in text, f"{runbook.name}: confirm with a PromQL query"
-    assert "issue 15" in text or "Yes:" in text or "Partly:" in text
+    remediation = " ".join(text.split("## Automated remediation", 1)[1].split())
+    # Either the automation that runs (remediate/ACTION) or why none does.
+    assert "remediate/" in remediation or "on purpose" in remediation, runbook.name
 
 
 def _commands(text: str) -> list[list[str]]:
@@ -418,3 +420,28 @@ def test_time_slice_patterns_spread_bad_slices_evenly(level: float) -> None:
     for width in (5, 60, 1440):
         counts = {sum(process.bad[i : i + width]) for i in range(0, 3000 - width, 7)}
         assert counts <= {math.floor(level * width), math.ceil(level * width)}
+
+
+def test_every_remediation_an_alert_names_is_deployed_and_documented() -> None:
+    named = {
+        spec.slo.alerting.name: spec.slo.alerting.annotations["remediation"]
+        for spec in SPECS
+        if "remediation" in spec.slo.alerting.annotations
+    }
+    # The self-healing loop covers serving, model quality, drift, freshness and consistency.
+    assert set(named.values()) == {
+        "rollback-canary", "rollback-model", "retrain", "backfill-features", "repair-consistency"
+    }  # fmt: skip
+    deployments = _deployments()
+    for alert, action in named.items():
+        assert f"remediate/{action}" in deployments, f"{alert}: remediate/{action} not deployed"
+        runbook = (PROJECT_ROOT / "runbooks" / f"{alert}.md").read_text()
+        assert f"remediate/{action}" in runbook, f"runbooks/{alert}.md does not name {action}"
+    rules = yaml.safe_load((PROJECT_ROOT / "deploy/prometheus/slo-rules.yaml").read_text())
+    annotated = {
+        rule["alert"]: rule["annotations"].get("remediation")
+        for group in rules["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    }
+    assert {alert: annotated[alert] for alert in named} == named  # the generated rules carry it

@@ -182,6 +182,16 @@ INVALID: dict[str, tuple[Mutation, str, str]] = {
         "alerting.annotations.summary",
         "['region']",
     ),
+    "unknown remediation": (
+        _set("slos.0.alerting.annotations", {"remediation": "reboot-the-cluster"}),
+        "alerting.annotations.remediation",
+        "not a remediation",
+    ),
+    "unknown page-alert remediation": (
+        _set("slos.0.alerting.pageAlert", {"annotations": {"remediation": "panic"}}),
+        "alerting.pageAlert.annotations.remediation",
+        "rollback-canary",
+    ),
     "reserved label": (
         _set("slos.0.labels", {"sloth_id": "x"}),
         "slos[0] (availability).labels",
