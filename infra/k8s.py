@@ -83,9 +83,10 @@ def app_labels(app: str) -> dict[str, str]:
     return {APP_LABEL: app}
 
 
-def in_cluster_url(service: str, namespace: str) -> str:
-    """URL of a port-80 ClusterIP Service from inside the cluster."""
-    return f"http://{service}.{namespace}.svc.cluster.local"
+def in_cluster_url(service: str, namespace: str, port: int = 80) -> str:
+    """URL of a ClusterIP Service from inside the cluster (no port in it when it is 80)."""
+    host = f"http://{service}.{namespace}.svc.cluster.local"
+    return host if port == 80 else f"{host}:{port}"
 
 
 def secret_env(key: str, secret_name: pulumi.Input[str]) -> dict:
@@ -189,9 +190,15 @@ def irsa_service_account(
 
 
 def http_service(
-    name: str, *, app: str, namespace: str, public: bool, opts: pulumi.ResourceOptions
+    name: str,
+    *,
+    app: str,
+    namespace: str,
+    public: bool,
+    opts: pulumi.ResourceOptions,
+    port: int = 80,
 ) -> pulumi.Output[str]:
-    """Port 80 in front of the app's pods' named `http` port, ClusterIP unless `public`;
+    """`port` in front of the app's pods' named `http` port, ClusterIP unless `public`;
     returns the URL clients use (the load balancer's once it exists, when public)."""
     labels = app_labels(app)
     service = k8s.core.v1.Service(
@@ -200,13 +207,16 @@ def http_service(
         spec={
             "type": service_type(public),
             "selector": labels,
-            "ports": [{"name": "http", "port": 80, "target_port": "http"}],
+            "ports": [{"name": "http", "port": port, "target_port": "http"}],
         },
         opts=opts,
     )
     if public:
-        return service.status.apply(lambda s: f"http://{s.load_balancer.ingress[0].hostname}")
-    return pulumi.Output.from_input(in_cluster_url(app, namespace))
+        suffix = "" if port == 80 else f":{port}"
+        return service.status.apply(
+            lambda s: f"http://{s.load_balancer.ingress[0].hostname}{suffix}"
+        )
+    return pulumi.Output.from_input(in_cluster_url(app, namespace, port))
 
 
 def app_secret(

@@ -6,11 +6,14 @@ each rule group becomes one PrometheusRule, each dashboard one ConfigMap that Gr
 loads. Prometheus selects rules and ServiceMonitors by one label (`release: monitoring`), which the
 chart's own objects carry too. Alertmanager's whole configuration is a Secret we write: the
 receivers' webhook URLs come from secret config and never appear in Helm values or plain config.
+The in-cluster alert relay's bearer token is a file Alertmanager reads from the relay's Secret
+(mounted through `alertmanagerSpec.secrets`): it is in neither the config nor the values.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pulumi
@@ -48,6 +51,8 @@ GRAFANA_ADMIN_SECRET = "grafana-admin"
 # The operator's default config Secret name for the Alertmanager "<fullname>-alertmanager"; we
 # also name it explicitly (configSecret), so either way Alertmanager reads the Secret we write.
 ALERTMANAGER_SECRET = f"alertmanager-{STACK_RELEASE}-alertmanager"
+# Where the operator mounts each Secret that `alertmanagerSpec.secrets` names: <dir>/<name>/<key>.
+ALERTMANAGER_SECRETS_DIR = "/etc/alertmanager/secrets"
 # Alert severities the SLO rules carry, and the receivers they go to.
 PAGE, TICKET = "page", "ticket"
 RELAY = "relay"
@@ -76,6 +81,21 @@ SIZES = {
 }
 ALERTMANAGER_STORAGE = "1Gi"  # silences and the notification log
 PUSHGATEWAY_STORAGE = "1Gi"  # pushed groups survive a restart (no false "SLI absent" alerts)
+
+
+@dataclass(frozen=True)
+class RelayReceiver:
+    """The alert relay as Alertmanager reaches it: its webhook URL and the key of a Secret in the
+    monitoring namespace holding the bearer token it expects."""
+
+    url: str
+    token_secret: str
+    token_key: str
+
+    @property
+    def credentials_file(self) -> str:
+        """The token as a file in the Alertmanager pods (the Secret mounted by the operator)."""
+        return f"{ALERTMANAGER_SECRETS_DIR}/{self.token_secret}/{self.token_key}"
 
 
 def in_cluster(service: str, namespace: str, port: int) -> str:
@@ -113,17 +133,17 @@ def retention_size(storage_gb: int) -> str:
 
 
 def alertmanager_config(
-    page_url: str, ticket_url: str, relay_url: str | None = None
+    page_url: str, ticket_url: str, relay: RelayReceiver | None = None
 ) -> dict[str, Any]:
     """Alertmanager routing: severity=page and severity=ticket to their webhooks, the cluster's own
     critical alerts to the ticket webhook, everything else (warnings, Watchdog) to no one.
 
-    `relay_url` is the hook for the in-cluster alert relay (self-healing): when given, every page
-    and ticket alert is also posted there (`continue: true`), before the humans' receivers.
+    `relay` is the in-cluster alert relay (self-healing): when given, every page and ticket alert
+    is also posted there (`continue: true`, bearer token from a file), before the humans' receivers.
     """
     routes: list[dict[str, Any]] = []
     receivers: list[dict[str, Any]] = [{"name": NULL_RECEIVER}]
-    if relay_url:
+    if relay:
         routes.append(
             {
                 "receiver": RELAY,
@@ -132,7 +152,7 @@ def alertmanager_config(
                 "group_wait": "10s",
             }
         )
-        receivers.append(_webhook(RELAY, relay_url))
+        receivers.append(_webhook(RELAY, relay.url, bearer_file=relay.credentials_file))
     routes += [
         {"receiver": PAGE, "matchers": [f'severity="{PAGE}"'], "repeat_interval": "1h"},
         {"receiver": TICKET, "matchers": [f'severity="{TICKET}"'], "repeat_interval": "12h"},
@@ -161,9 +181,15 @@ def alertmanager_config(
     }
 
 
-def _webhook(name: str, url: str) -> dict[str, Any]:
-    """A receiver posting Alertmanager's webhook JSON (firing and resolved) to one URL."""
-    return {"name": name, "webhook_configs": [{"url": url, "send_resolved": True}]}
+def _webhook(name: str, url: str, *, bearer_file: str | None = None) -> dict[str, Any]:
+    """A receiver posting Alertmanager's webhook JSON (firing and resolved) to one URL, with
+    `Authorization: Bearer <the file's content>` when `bearer_file` is given."""
+    webhook: dict[str, Any] = {"url": url, "send_resolved": True}
+    if bearer_file:
+        webhook["http_config"] = {
+            "authorization": {"type": "Bearer", "credentials_file": bearer_file}
+        }
+    return {"name": name, "webhook_configs": [webhook]}
 
 
 def _checked_url(url: str, key: str) -> str:
@@ -174,11 +200,17 @@ def _checked_url(url: str, key: str) -> str:
 
 
 def stack_values(
-    cfg: MonitoringConfig, *, storage_class: str, cluster_label: str
+    cfg: MonitoringConfig,
+    *,
+    storage_class: str,
+    cluster_label: str,
+    relay: RelayReceiver | None = None,
 ) -> dict[str, Any]:
-    """kube-prometheus-stack values: everything on the CPU pool, hardened, sized, persistent."""
+    """kube-prometheus-stack values: everything on the CPU pool, hardened, sized, persistent;
+    the relay's token Secret mounted into Alertmanager when there is a relay."""
     cpu = cpu_pool_selector()
     ha = cfg.replicas >= 2
+    mounted_secrets = {"secrets": [relay.token_secret]} if relay else {}
     return {
         "crds": {"enabled": True},
         # EKS runs etcd, the scheduler and the controller manager out of reach, and kube-proxy
@@ -241,6 +273,7 @@ def stack_values(
                 "resources": SIZES["alertmanager"],
                 "securityContext": pod_security(1000),
                 "storage": volume_claim(storage_class, ALERTMANAGER_STORAGE),
+                **mounted_secrets,
             },
         },
         "grafana": {
@@ -368,7 +401,8 @@ def dashboard_config_map(dashboard: Dashboard, namespace: str) -> dict[str, Any]
 
 class Monitoring(pulumi.ComponentResource):
     """kube-prometheus-stack + Pushgateway, the SLO PrometheusRules, ServiceMonitors for the
-    prediction service, the Pushgateway and the DCGM exporter, dashboards, Alertmanager routing."""
+    Pushgateway and every scrape target, dashboards, Alertmanager routing (to the alert relay too,
+    when one is given)."""
 
     def __init__(
         self,
@@ -380,15 +414,16 @@ class Monitoring(pulumi.ComponentResource):
         storage_class: pulumi.Input[str],
         cluster_label: str,
         scrape_targets: Sequence[ScrapeTarget],
-        alert_relay_url: pulumi.Input[str] | None = None,
+        alert_relay: pulumi.Input[RelayReceiver] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("mlre:infra:Monitoring", name, None, opts)
         ns = cfg.namespace
         k8s_opts = access.child_opts(self)
-        secrets = self._secrets(name, cfg, alert_relay_url, k8s_opts)
-        values = pulumi.Output.from_input(storage_class).apply(
-            lambda sc: stack_values(cfg, storage_class=sc, cluster_label=cluster_label)
+        secrets = self._secrets(name, cfg, alert_relay, k8s_opts)
+        # The relay's token Secret name is an Output: the release waits for that Secret.
+        values = pulumi.Output.all(storage_class, alert_relay).apply(
+            lambda a: stack_values(cfg, storage_class=a[0], cluster_label=cluster_label, relay=a[1])
         )
         stack = k8s.helm.v3.Release(
             f"{name}-{STACK_CHART}",
@@ -447,7 +482,7 @@ class Monitoring(pulumi.ComponentResource):
         self,
         name: str,
         cfg: MonitoringConfig,
-        relay_url: pulumi.Input[str] | None,
+        relay: pulumi.Input[RelayReceiver] | None,
         opts: pulumi.ResourceOptions,
     ) -> list[pulumi.Resource]:
         """Grafana's admin login and Alertmanager's configuration: Secrets the charts only name."""
@@ -463,7 +498,7 @@ class Monitoring(pulumi.ComponentResource):
             string_data={"admin-user": "admin", "admin-password": self.grafana_password.result},
             opts=opts,
         )
-        config = pulumi.Output.all(cfg.page_webhook_url, cfg.ticket_webhook_url, relay_url).apply(
+        config = pulumi.Output.all(cfg.page_webhook_url, cfg.ticket_webhook_url, relay).apply(
             lambda urls: yaml.safe_dump(
                 alertmanager_config(
                     _checked_url(urls[0], "alertPageWebhookUrl"),

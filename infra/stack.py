@@ -5,6 +5,7 @@ from __future__ import annotations
 import pulumi
 
 from infra.addons import ClusterAddons
+from infra.alert_relay import AlertRelay
 from infra.budget import CostGuard
 from infra.cache import Cache
 from infra.cluster import Cluster
@@ -135,6 +136,16 @@ def build(cfg: StackConfig) -> dict[str, pulumi.Input[object]]:
     )
     mon = cfg.monitoring
     monitoring_ns = namespace(mon.namespace, provider, cluster, level="baseline")
+    # Next to Alertmanager: the token Secret the relay reads is the one Alertmanager mounts.
+    relay = AlertRelay(
+        f"{p}-alert-relay",
+        namespace=mon.namespace,
+        image=svc.serving_image,
+        prefect_api_url=svc.prefect_api_url,
+        prefect_api_key=svc.prefect_api_key,
+        access=access,
+        opts=pulumi.ResourceOptions(depends_on=[monitoring_ns, system]),
+    )
     monitoring = Monitoring(
         f"{p}-monitoring",
         mon,
@@ -142,7 +153,8 @@ def build(cfg: StackConfig) -> dict[str, pulumi.Input[object]]:
         access=access,
         storage_class=addons.storage_class,
         cluster_label=p,
-        scrape_targets=[serving.metrics, addons.gpu_metrics],
+        scrape_targets=[serving.metrics, addons.gpu_metrics, relay.metrics],
+        alert_relay=relay.receiver,
         opts=pulumi.ResourceOptions(depends_on=[monitoring_ns, system, addons]),
     )
     CostGuard(f"{p}-cost", cfg.budget)
@@ -179,5 +191,7 @@ def build(cfg: StackConfig) -> dict[str, pulumi.Input[object]]:
         "prometheus_url": monitoring.prometheus_url,
         "alertmanager_url": monitoring.alertmanager_url,
         "grafana_url": monitoring.grafana_url,
+        # Where Alertmanager posts page and ticket alerts (POST /alerts, bearer token).
+        "alert_relay_url": relay.url,
         "grafana_admin_password": pulumi.Output.secret(monitoring.grafana_password.result),
     }

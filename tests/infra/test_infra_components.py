@@ -41,7 +41,7 @@ def test_components_use_mlre_type_tokens(stack_run: Run) -> None:
     tokens = {r.typ for r in stack_run.resources if r.typ.startswith("mlre:infra:")}
     for part in ("Network", "Cluster", "CpuNodePool", "GpuNodePool", "ClusterAddons", "Storage",
                  "SecureBucket", "Database", "Cache", "MlflowService", "FeastService",
-                 "PrefectWorkers", "Monitoring", "CostGuard"):  # fmt: skip
+                 "PrefectWorkers", "Monitoring", "AlertRelay", "CostGuard"):  # fmt: skip
         assert f"mlre:infra:{part}" in tokens
 
 
@@ -272,7 +272,8 @@ def test_public_exposure_only_behind_the_flag() -> None:
     run = run_stack("dev", {"mlre:exposeServicesPublicly": True})
     types = {r.inputs["metadata"]["name"]: r.inputs["spec"]["type"]
              for r in run.of_type("kubernetes:core/v1:Service")}  # fmt: skip
-    assert types == {"mlflow": "LoadBalancer", "feast": "LoadBalancer", "serving": "LoadBalancer"}
+    assert types == {"mlflow": "LoadBalancer", "feast": "LoadBalancer", "serving": "LoadBalancer",
+                     "alert-relay": "ClusterIP"}  # fmt: skip
     assert run.outputs["mlflow_url"].endswith(".elb.example.com")
 
 

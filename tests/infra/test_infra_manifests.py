@@ -55,7 +55,7 @@ def test_expected_objects_exist(stack_runs: dict[str, Run]) -> None:
 
 def test_deployments_are_non_root_probed_and_sized(stack_run: Run) -> None:
     deployments = _deployments(stack_run)
-    assert len(deployments) == 5
+    assert len(deployments) == 6  # mlflow, feast, serving, two Prefect workers, alert relay
     for deployment in deployments:
         pod = deployment["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True

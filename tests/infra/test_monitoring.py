@@ -45,6 +45,11 @@ SEMVER = re.compile(r"\d+\.\d+\.\d+")
 DNS_1123 = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 PAGE_URL = TEST_SECRETS["mlre:alertPageWebhookUrl"]
 TICKET_URL = TEST_SECRETS["mlre:alertTicketWebhookUrl"]
+RELAY = monitoring.RelayReceiver(
+    url="http://alert-relay.mlre-monitoring.svc.cluster.local:9096/alerts",
+    token_secret="relay-token",
+    token_key="TOKEN",
+)
 
 
 def _committed_groups() -> list[dict[str, Any]]:
@@ -318,7 +323,12 @@ def test_service_monitors_are_picked_up_by_the_stack(stack_run: Run) -> None:
     assert spec["serviceMonitorSelectorNilUsesHelmValues"] is False
     assert spec["serviceMonitorNamespaceSelector"] == {}
     monitors = _of_kind(stack_run, "ServiceMonitor")
-    assert {m["metadata"]["name"] for m in monitors} == {"serving", "pushgateway", "dcgm-exporter"}
+    assert {m["metadata"]["name"] for m in monitors} == {
+        "serving",
+        "pushgateway",
+        "dcgm-exporter",
+        "alert-relay",
+    }
     for monitor in monitors:
         assert _selects(spec["serviceMonitorSelector"], monitor["metadata"]["labels"])
 
@@ -402,7 +412,8 @@ def test_alertmanager_reads_our_config_secret(stack_run: Run) -> None:
     assert config["route"]["receiver"] == "null"  # warnings and Watchdog notify no one
     urls = {r["name"]: r["webhook_configs"][0]["url"] for r in config["receivers"]
             if "webhook_configs" in r}  # fmt: skip
-    assert urls == {"page": PAGE_URL, "ticket": TICKET_URL}
+    relay = stack_run.outputs["alert_relay_url"] + "/alerts"
+    assert urls == {"page": PAGE_URL, "ticket": TICKET_URL, "relay": relay}
 
 
 def test_receiver_urls_stay_out_of_helm_values_and_plain_config(stack_run: Run) -> None:
@@ -440,19 +451,32 @@ def _route(config: dict[str, Any], tmp_path: Path, *labels: str) -> str:
 def test_amtool_routes_page_ticket_and_the_rest(stack_runs: dict[str, Run], tmp_path: Path) -> None:
     config = _alertmanager_config(stack_runs["dev"])
     slo = "sloth_id=serving-availability"
-    assert _route(config, tmp_path, "severity=page", slo) == "page"
-    assert _route(config, tmp_path, "severity=ticket", slo) == "ticket"
+    # The stack deploys the alert relay: it gets every page and ticket first.
+    assert _route(config, tmp_path, "severity=page", slo) == "relay,page"
+    assert _route(config, tmp_path, "severity=ticket", slo) == "relay,ticket"
     assert _route(config, tmp_path, "severity=critical", "alertname=KubeNodeNotReady") == "ticket"
     assert _route(config, tmp_path, "severity=warning", "alertname=KubePodNotReady") == "null"
     assert _route(config, tmp_path, "severity=none", "alertname=Watchdog") == "null"
 
 
 def test_relay_hook_sees_every_slo_alert_before_the_humans(tmp_path: Path) -> None:
-    relay = "http://alert-relay.mlre-platform.svc.cluster.local/alerts"
-    config = monitoring.alertmanager_config(PAGE_URL, TICKET_URL, relay_url=relay)
+    config = monitoring.alertmanager_config(PAGE_URL, TICKET_URL, relay=RELAY)
     assert _route(config, tmp_path, "severity=page") == "relay,page"
     assert _route(config, tmp_path, "severity=ticket") == "relay,ticket"
     assert _route(config, tmp_path, "severity=warning") == "null"
+    (receiver,) = [r for r in config["receivers"] if r["name"] == "relay"]
+    assert receiver["webhook_configs"] == [
+        {
+            "url": RELAY.url,
+            "send_resolved": True,
+            "http_config": {
+                "authorization": {
+                    "type": "Bearer",
+                    "credentials_file": "/etc/alertmanager/secrets/relay-token/TOKEN",
+                }
+            },
+        }
+    ]
     without = monitoring.alertmanager_config(PAGE_URL, TICKET_URL)
     assert "relay" not in json.dumps(without)
 
