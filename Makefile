@@ -17,7 +17,7 @@ CI_SOAK_SECONDS ?= 120
 # `make test-repeat`: how many times, in random order, the integration and reliability tiers run.
 REPEAT ?= 3
 
-.PHONY: install browser monitoring demo up down status test test-long test-repeat test-fast lint bench reliability soak clean
+.PHONY: install browser monitoring demo up down status test test-long test-repeat test-fast lint bench reliability drill soak clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	@mkdir -p $(TMPDIR) $(MPLCONFIGDIR) $(PREFECT_HOME) $(XDG_CACHE_HOME)
@@ -91,6 +91,9 @@ bench: install  ## speed and memory benchmarks, JSON under bench/results/
 
 reliability: install  ## bad-input corpus + every fault test (soak too): two tables, bench/results/reliability.json
 	$(BIN)/python -m tests.reliability.summary
+
+drill: install monitoring  ## chaos drills: inject each failure, follow alert -> remediation -> SLI (bench/results/drills.json)
+	$(BIN)/python -m bench.drills
 
 soak: install  ## 10 min at 50 req/s, alias swap + Redis restart: writes bench/results/soak.json
 	$(BIN)/python -m bench.soak
