@@ -1,4 +1,5 @@
-"""The Prefect automations `mlre deploy` creates: retrain on drift, and crash zombie flow runs.
+"""The Prefect automations `mlre deploy` creates: retrain on drift, crash zombie flow runs, run
+crashed ones again, and remediate SLO alerts.
 
 The closed loop: drift / degradation events, and the automation that retrains on them.
 
@@ -36,6 +37,13 @@ after a heartbeat it expects another flow-run event (heartbeat or state change) 
 concurrency slot is released and the deployment can run again. It applies to every flow run on
 the server: a process that heartbeats less often than the window (a client with Prefect's default
 of 180 s) would be crashed while alive, so run flows through mlre's environment.
+
+Crashed runs of a deployment are run again: `crashed_run_automation` answers Prefect's
+`prefect.flow-run.Crashed` event (the zombie automation's, or a worker's that saw its process die)
+with `remediate/rerun-crashed`, its alert rendered from the event (CRASHED_ALERT_TEMPLATE). The
+alert's problem key is the deployment, so the remediation's repeat guard escalates a deployment
+whose re-runs keep crashing instead of re-running it forever. Subflows have no deployment and
+are not re-run on their own: the parent's re-run runs them again.
 """
 
 from __future__ import annotations
@@ -64,6 +72,26 @@ DEFAULT_REMEDIATION_COOLDOWN = timedelta(minutes=30)
 ALERT_PARAMETER = {
     "__prefect_kind": "json",
     "value": {"__prefect_kind": "jinja", "template": "{{ event.payload | tojson }}"},
+}
+
+
+# A Crashed flow run of a deployment, as the alert a remediation takes. The problem key is the
+# deployment: a deployment whose re-runs crash again escalates after the repeat limit.
+CRASHED_EVENT = "prefect.flow-run.Crashed"
+CRASHED_ALERT_TEMPLATE = (
+    "{% set deployment = event.resource_in_role['deployment'] %}"
+    "{{ {'alertname': '" + remediation.CRASHED_ALERT + "', 'status': 'firing', "
+    "'severity': 'ticket', 'problem': deployment.id, "
+    "'fingerprint': event.resource.id, 'starts_at': event.occurred.isoformat(), "
+    "'runbook_url': 'runbooks/PipelineFlowRunBudgetBurn.md', "
+    "'labels': {'alertname': '" + remediation.CRASHED_ALERT + "', "
+    "'flow_run_id': event.resource.id, 'flow_run': event.resource.name, "
+    "'deployment_id': deployment.id, 'deployment': deployment.name}, "
+    "'annotations': {'summary': 'flow run ' ~ event.resource.name ~ ' crashed'}} | tojson }}"
+)
+CRASHED_ALERT_PARAMETER = {
+    "__prefect_kind": "json",
+    "value": {"__prefect_kind": "jinja", "template": CRASHED_ALERT_TEMPLATE},
 }
 
 
@@ -149,32 +177,66 @@ def remediation_automation(action: str, deployment_id: Any, cooldown: timedelta)
     """Automation: an `mlre.alert.firing` event whose alert names `action` as its remediation
     runs `remediate/<action>` with the alert, at most once per cooldown per alert instance (one
     trigger bucket per alert resource, as for retraining: see the module docstring)."""
-    from prefect.automations import Automation, EventTrigger, Posture, RunDeployment
+    from prefect.automations import EventTrigger, Posture
 
     remediation.check_action(action)
     if cooldown <= timedelta(0):
         raise AutomationError(f"remediation cooldown must be positive, got {cooldown}.")
+    trigger = EventTrigger(
+        expect={FIRING_EVENT},
+        match={"mlre.alert.remediation": action},
+        for_each={"prefect.resource.id"},
+        posture=Posture.Reactive,
+        threshold=1,
+        within=cooldown,
+    )
+    when = f"an alert whose remediation is {action!r} fires"
+    return _remediating(
+        action, deployment_id, trigger, ALERT_PARAMETER, when=when, limit=f"{cooldown} per alert"
+    )
+
+
+def crashed_run_automation(deployment_id: Any, cooldown: timedelta) -> Any:
+    """Automation: a deployment's flow run turned Crashed (its process died; the zombie
+    automation or the worker said so) runs `remediate/rerun-crashed` with it, once per run."""
+    from prefect.automations import EventTrigger, Posture
+
+    trigger = EventTrigger(
+        expect={CRASHED_EVENT},
+        match={"prefect.resource.id": "prefect.flow-run.*"},
+        match_related={"prefect.resource.role": "deployment"},
+        for_each={"prefect.resource.id"},
+        posture=Posture.Reactive,
+        threshold=1,
+        within=cooldown,
+    )
+    when = "a deployment's flow run crashes"
+    limit = "crashed run; re-runs that keep crashing escalate"
+    return _remediating(
+        "rerun-crashed", deployment_id, trigger, CRASHED_ALERT_PARAMETER, when=when, limit=limit
+    )
+
+
+def _remediating(
+    action: str, deployment_id: Any, trigger: Any, alert: dict[str, Any], *, when: str, limit: str
+) -> Any:
+    """The automation that runs `remediate/<action>` with the `alert` its trigger renders."""
+    from prefect.automations import Automation, RunDeployment
+
     return Automation(
         name=remediation_automation_name(action),
         description=(
-            f"Run {remediation.deployment_name(action)} when an alert whose remediation is "
-            f"{action!r} fires ({remediation.ACTIONS[action]}); at most once per {cooldown} per "
-            "alert (managed by flows.automations.ensure_automations)."
+            f"Run {remediation.deployment_name(action)} when {when} "
+            f"({remediation.ACTIONS[action]}); at most once per {limit} "
+            "(managed by flows.automations)."
         ),
         enabled=True,
-        trigger=EventTrigger(
-            expect={FIRING_EVENT},
-            match={"mlre.alert.remediation": action},
-            for_each={"prefect.resource.id"},
-            posture=Posture.Reactive,
-            threshold=1,
-            within=cooldown,
-        ),
+        trigger=trigger,
         actions=[
             RunDeployment(
                 source="selected",
                 deployment_id=deployment_id,
-                parameters={"action": action, "alert": ALERT_PARAMETER},
+                parameters={"action": action, "alert": alert},
             )
         ],
     )
@@ -282,19 +344,17 @@ def ensure_remediation_automations(
     """Create or update the automation of every remediation action (deployments must exist)."""
     from prefect.client.orchestration import get_client
 
+    def wanted(client: Any, action: str) -> Any:
+        deployment = _deployment_id(
+            client, remediation.deployment_name(action), "deploy the remediations"
+        )
+        if action == "rerun-crashed":  # started by Prefect's own Crashed event, not an alert
+            return crashed_run_automation(deployment, cooldown)
+        return remediation_automation(action, deployment, cooldown)
+
     with get_client(sync_client=True) as client:
         return [
-            _ensure(
-                client,
-                remediation_automation(
-                    action,
-                    _deployment_id(
-                        client, remediation.deployment_name(action), "deploy the remediations"
-                    ),
-                    cooldown,
-                ),
-            )
-            for action in actions or remediation.ACTIONS
+            _ensure(client, wanted(client, action)) for action in actions or remediation.ACTIONS
         ]
 
 

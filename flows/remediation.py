@@ -4,8 +4,9 @@ mlre.remediation for the actions and flows.automations for the triggers).
 Every run shows the alert it answers (labels, values, runbook link) as a markdown artifact, acts
 through the same code as the lifecycle flows (alias moves through mlre.registry under the
 promotion lock, backfills through materialize-features, the re-check through
-validate-feature-consistency, retraining through the retrain automation), and escalates rather
-than loops: a page-severity `mlre.alert.escalated` event plus an `escalation` artifact.
+validate-feature-consistency, retraining through the retrain automation, a crashed run through
+a new run of its deployment), and escalates rather than loops: a page-severity
+`mlre.alert.escalated` event plus an `escalation` artifact.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
@@ -25,6 +27,7 @@ from flows.consistency import ConsistencyParams, validate_feature_consistency
 from flows.locks import prefect_lock
 from flows.materialize import MaterializeParams, materialize_features
 from mlre import canary, registry, remediation
+from mlre import slis as core_slis
 from mlre.alerts import ESCALATED_EVENT, resource_id
 from mlre.errors import MlreError
 from mlre.settings import get_settings
@@ -175,6 +178,39 @@ def _repair_consistency(views: list[str]) -> list[str]:
     return [done, f"consistency re-check of {', '.join(views)} passed"]
 
 
+@server_task("rerun-crashed-flow-run", retries=2, retry_delay_seconds=[2, 10])
+def rerun_crashed(alert: dict[str, Any]) -> str:
+    """A new run of the crashed run's deployment with the same parameters (once per crashed run:
+    an idempotency key), after pushing the crash to the pipeline SLI that its dead process could
+    not push. Escalation when the run is not Crashed or has no deployment to run again."""
+    from prefect.client.orchestration import get_client
+
+    run_id = remediation.crashed_run_id(alert)
+    with get_client(sync_client=True) as client:
+        crashed = client.read_flow_run(UUID(run_id))
+        state = crashed.state_type.value if crashed.state_type else "unknown"
+        if state != "CRASHED":
+            raise Escalation(f"flow run {crashed.name} is {state}, not Crashed: nothing to re-run")
+        if crashed.deployment_id is None:
+            raise Escalation(f"flow run {crashed.name} has no deployment to run again")
+        flow_name = client.read_flow(crashed.flow_id).name
+        deployment = client.read_deployment(crashed.deployment_id).name
+        slis.publish([
+            core_slis.flow_run(flow_name, deployment, succeeded=False,
+                               finished=crashed.end_time or datetime.now(UTC))
+        ])  # fmt: skip
+        rerun = client.create_flow_run_from_deployment(
+            crashed.deployment_id,
+            parameters=crashed.parameters,
+            tags=["mlre-rerun"],
+            idempotency_key=remediation.rerun_idempotency_key(run_id),
+        )
+    message = crashed.state.message if crashed.state else ""
+    return (
+        f"{flow_name}/{deployment} run {crashed.name} crashed ({message}); re-run as {rerun.name}"
+    )
+
+
 def _act(action: str, alert: dict[str, Any], model_name: str) -> list[str]:
     name = alert["alertname"]
     if action == "rollback-canary":
@@ -185,6 +221,8 @@ def _act(action: str, alert: dict[str, Any], model_name: str) -> list[str]:
         return [_backfill(remediation.feature_views(alert))]
     if action == "repair-consistency":
         return _repair_consistency(remediation.feature_views(alert))
+    if action == "rerun-crashed":
+        return [rerun_crashed(alert)]
     # retrain: the existing path, with its own cooldown (flows.automations.retrain_automation).
     emit_model_event(DRIFT_EVENT, model_name, None, [f"alert {name} fired"], {"alert": name})
     return [f"{DRIFT_EVENT} emitted for {model_name!r}: the retrain automation takes it"]

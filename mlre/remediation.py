@@ -26,10 +26,16 @@ ACTIONS: dict[str, str] = {
     "backfill-features": "catch the stale feature views up to now (materialize-features)",
     "repair-consistency": "re-materialize the mismatched views, then re-check consistency",
     "retrain": "hand the alert to the retrain automation (mlre.model.drift-detected)",
+    "rerun-crashed": "re-run a crashed flow run of a deployment, with its parameters",
 }
 DEPLOYMENT_FLOW = "remediate"
 REMEDIATION_ANNOTATION = "remediation"
 DEFAULT_REWRITE_LOOKBACK = timedelta(days=3)  # the SLO alert annotation naming the action
+# A flow run whose process died (node lost, OOM kill, worker SIGKILL) is set Crashed by the zombie
+# automation, and Prefect's Crashed event is turned into an alert of this name (no SLO alert can
+# see it: the process that would have pushed its final state is gone).
+CRASHED_ALERT = "FlowRunCrashed"
+FLOW_RUN_RESOURCE = "prefect.flow-run."
 
 
 class RemediationError(MlreError):
@@ -104,6 +110,23 @@ def feature_views(alert: Mapping[str, Any]) -> list[str]:
     """The feature views an alert is about (its `feature_view` label)."""
     view = (alert.get("labels") or {}).get("feature_view", "")
     return [view] if view else []
+
+
+def crashed_run_id(alert: Mapping[str, Any]) -> str:
+    """The crashed flow run's id (its `flow_run_id` label, a Prefect resource id or a UUID)."""
+    value = str((alert.get("labels") or {}).get("flow_run_id", ""))
+    run_id = value.removeprefix(FLOW_RUN_RESOURCE)
+    if not run_id:
+        raise RemediationError(
+            f"Alert {alert.get('alertname', '?')!r} has no flow_run_id label; rerun-crashed runs "
+            f"from the {CRASHED_ALERT} automation's alert (flows.automations)."
+        )
+    return run_id
+
+
+def rerun_idempotency_key(flow_run_id: str) -> str:
+    """One re-run per crashed flow run, however often its remediation is retried."""
+    return f"mlre-rerun-crashed-{flow_run_id}"
 
 
 def rewrite_lookback(ttls: Iterable[timedelta | None]) -> timedelta:

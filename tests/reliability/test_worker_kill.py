@@ -1,7 +1,8 @@
 """Fault: the Prefect worker and the flow run it started are SIGKILLed mid-flow, as when their node
 is lost. Nothing is left to report a final state, so only the zombie automation (flows.automations,
 created by `mlre deploy`) can end the run: it must turn Crashed once its heartbeats stop, release
-the deployment's concurrency slot, and a re-run through a new worker must complete.
+the deployment's concurrency slot, and the automatic re-run (`remediate/rerun-crashed`, started
+by the Crashed event) must complete through a new worker.
 
 The platform is real and private (`mlre up` on free ports, `mlre deploy`, the project's own
 `ml-pipeline/weekly` deployment: concurrency limit 1, subflows, ~30 s of work after Running).
@@ -10,7 +11,6 @@ The platform is real and private (`mlre up` on free ports, `mlre deploy`, the pr
 from __future__ import annotations
 
 import contextlib
-import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 from uuid import UUID
@@ -21,6 +21,13 @@ import pytest
 from flows import automations, deploy
 from mlre.settings import HEARTBEAT_ENV
 from mlre.waiting import WaitTimeout, wait_until
+from tests.support.prefect_runs import (
+    armed,
+    deployment_runs,
+    heartbeats,
+    lose_node,
+    run_processes,
+)
 from tests.support.private_platform import PrivatePlatform, private_platform_home
 
 pytestmark = [
@@ -86,59 +93,8 @@ def _state(run_id: UUID) -> str:
     return state.type.value if state else "PENDING"
 
 
-def _heartbeats(run_id: UUID) -> int:
-    """Heartbeat events of the run the server has received."""
-    from prefect.client.orchestration import get_client
-    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
-
-    flt = EventFilter(
-        event=EventNameFilter(name=[automations.HEARTBEAT_EVENT]),
-        resource=EventResourceFilter(id=[f"prefect.flow-run.{run_id}"]),
-    )
-    with get_client(sync_client=True) as client:
-        return len(client.read_events(flt, limit=10).events)
-
-
-def _subflows(run_id: UUID) -> list[Any]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
-
-    flt = FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id]))
-    with get_client(sync_client=True) as client:
-        return client.read_flow_runs(flow_run_filter=flt)
-
-
-def _armed(run_id: UUID) -> list[UUID]:
-    """Running subflows of the run whose heartbeat the server has."""
-    running = [s.id for s in _subflows(run_id) if s.state and s.state.type.value == "RUNNING"]
-    return [sub for sub in running if _heartbeats(sub)]
-
-
 def _worker(plat: PrivatePlatform) -> psutil.Process:
     return psutil.Process(plat.pids()[deploy.WORKER])
-
-
-def _run_processes(worker: psutil.Process, run_id: UUID) -> list[psutil.Process]:
-    """The worker's descendants executing this flow run (they carry its id in their env)."""
-    found = []
-    for proc in worker.children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            if proc.environ().get("PREFECT__FLOW_RUN_ID") == str(run_id):
-                found.append(proc)
-    return found
-
-
-def _lose_node(worker: psutil.Process, runners: list[psutil.Process]) -> None:
-    """Freeze the flow run first (it cannot finish or report in between), then SIGKILL it and
-    the worker with everything it started, and wait until they are gone."""
-    for proc in runners:
-        proc.send_signal(signal.SIGSTOP)
-    family = [worker, *worker.children(recursive=True), *runners]
-    for proc in family:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.send_signal(signal.SIGKILL)
-    _, alive = psutil.wait_procs(family, timeout=10)
-    assert not alive, f"still running after SIGKILL: {alive}"
 
 
 def test_killed_worker_run_is_crashed_and_a_rerun_completes(plat: PrivatePlatform) -> None:
@@ -152,28 +108,33 @@ def test_killed_worker_run_is_crashed_and_a_rerun_completes(plat: PrivatePlatfor
         run = deploy.trigger(DEPLOYMENT)
         _wait("flow run Running", lambda: _state(run.id) == "RUNNING", START_TIMEOUT_S)
         worker = _worker(plat)
-        runners = _wait("flow-run process", lambda: _run_processes(worker, run.id), 30)
+        runners = _wait("flow-run process", lambda: run_processes(worker, run.id), 30)
         # The worker passed the platform's heartbeat period on to the flow run.
         assert runners[0].environ()[HEARTBEAT_ENV] == str(plat.settings.flow_heartbeat_s)
         # Armed: the server has a heartbeat of the run and of a running subflow (a run killed
         # before its first heartbeat reaches the server is invisible to this detector).
-        _wait("heartbeats on the server", lambda: _heartbeats(run.id) and _armed(run.id), 60)
+        _wait("heartbeats on the server", lambda: heartbeats(run.id) and armed(run.id), 60)
 
-        _lose_node(worker, runners)
+        lose_node(worker, runners)
         assert _state(run.id) == "RUNNING"  # killed mid-flow; nothing told the server
-        armed = _armed(run.id)
+        armed_subflows = armed(run.id)
 
         _wait("zombie run Crashed", lambda: _state(run.id) == "CRASHED", window.seconds + SLACK_S)
         crashed = _flow_run(run.id).state
         assert crashed.message == automations.ZOMBIE_MESSAGE.format(window=window)
         # Subflows die in the same process; those that had heartbeated are crashed too.
-        crashed_too = lambda: all(_state(s) == "CRASHED" for s in armed)  # noqa: E731
+        crashed_too = lambda: all(_state(s) == "CRASHED" for s in armed_subflows)  # noqa: E731
         _wait("its subflows Crashed", crashed_too, SLACK_S)
 
-        again = _ok(plat.mlre("deploy"))  # a new worker; the same automations
+        again = _ok(plat.mlre("deploy"))  # a new worker (in Kubernetes: the pod restarted)
         assert "worker: started" in again
         assert _automation_count(automations.ZOMBIE_AUTOMATION) == 1
-        rerun = deploy.trigger(DEPLOYMENT)  # concurrency limit 1: the crashed run let go
+        # Prefect's Crashed event starts remediate/rerun-crashed, which runs the deployment
+        # again with the same parameters; it can, since the crashed run let go of its slot.
+        reruns = lambda: [r for r in deployment_runs(run.deployment_id) if r.id != run.id]  # noqa: E731
+        (rerun,) = _wait("the automatic re-run", reruns, RERUN_TIMEOUT_S)
+        assert "mlre-rerun" in rerun.tags
+        assert rerun.parameters == _flow_run(run.id).parameters
         assert deploy.follow(rerun.id, lambda _: None, RERUN_TIMEOUT_S) == "COMPLETED"
 
 

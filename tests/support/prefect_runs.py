@@ -1,8 +1,16 @@
-"""Read back what Prefect recorded about a flow run (its task runs' state histories)."""
+"""Read back what Prefect recorded about flow runs, and lose the node a run executes on (the
+worker-kill fault of tests/reliability and bench/drills)."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
 from typing import Any
+from uuid import UUID
+
+import psutil
+
+from flows.automations import HEARTBEAT_EVENT
 
 KEPT_STATES = frozenset({"Retrying", "Failed", "Completed"})
 
@@ -34,3 +42,55 @@ def deployment_runs(deployment_id: Any) -> list[Any]:
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
             sort=FlowRunSort.EXPECTED_START_TIME_DESC,
         )
+
+
+def heartbeats(run_id: UUID) -> int:
+    """Heartbeat events of the run the server has received."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    flt = EventFilter(
+        event=EventNameFilter(name=[HEARTBEAT_EVENT]),
+        resource=EventResourceFilter(id=[f"prefect.flow-run.{run_id}"]),
+    )
+    with get_client(sync_client=True) as client:
+        return len(client.read_events(flt, limit=10).events)
+
+
+def subflows(run_id: UUID) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    flt = FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id]))
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(flow_run_filter=flt)
+
+
+def armed(run_id: UUID) -> list[UUID]:
+    """Running subflows of the run whose heartbeat the server has."""
+    running = [s.id for s in subflows(run_id) if s.state and s.state.type.value == "RUNNING"]
+    return [sub for sub in running if heartbeats(sub)]
+
+
+def run_processes(worker: psutil.Process, run_id: UUID) -> list[psutil.Process]:
+    """The worker's descendants executing this flow run (they carry its id in their env)."""
+    found = []
+    for proc in worker.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if proc.environ().get("PREFECT__FLOW_RUN_ID") == str(run_id):
+                found.append(proc)
+    return found
+
+
+def lose_node(worker: psutil.Process, runners: list[psutil.Process]) -> None:
+    """Freeze the flow run first (it cannot finish or report in between), then SIGKILL it and
+    the worker with everything it started, and wait until they are gone."""
+    for proc in runners:
+        proc.send_signal(signal.SIGSTOP)
+    family = [worker, *worker.children(recursive=True), *runners]
+    for proc in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(signal.SIGKILL)
+    _, alive = psutil.wait_procs(family, timeout=10)
+    if alive:
+        raise RuntimeError(f"still running after SIGKILL: {alive}")

@@ -104,3 +104,56 @@ def test_prefect_reads_the_exported_heartbeat(monkeypatch: pytest.MonkeyPatch, t
     for name, value in Settings(home=tmp_path).flow_run_env().items():
         monkeypatch.setenv(name, value)
     assert FlowsSettings().heartbeat_frequency == 30
+
+
+# ---- crashed runs of a deployment: remediate/rerun-crashed ---------------------------------
+
+
+def _crashed_event(with_deployment: bool) -> Any:
+    from prefect.server.events.schemas.events import ReceivedEvent
+
+    related = [
+        {"prefect.resource.id": f"prefect.flow.{uuid.uuid4()}", "prefect.resource.role": "flow"}
+    ]
+    if with_deployment:
+        related.append(
+            {"prefect.resource.id": f"prefect.deployment.{uuid.uuid4()}",
+             "prefect.resource.role": "deployment", "prefect.resource.name": "weekly"}
+        )  # fmt: skip
+    return ReceivedEvent(
+        id=uuid.uuid4(),
+        occurred=datetime.now(UTC),
+        event=automations.CRASHED_EVENT,
+        resource={"prefect.resource.id": FLOW_RUN, "prefect.resource.name": "lucky-otter"},
+        related=related,
+    )
+
+
+def test_a_crashed_deployment_run_starts_rerun_crashed_and_a_subflow_does_not() -> None:
+    deployment_id = uuid.uuid4()
+    automation = automations.crashed_run_automation(deployment_id, timedelta(minutes=30))
+    assert automation.name == "mlre-remediate-rerun-crashed"
+    (action,) = automation.actions
+    assert action.deployment_id == deployment_id
+    assert action.parameters["action"] == "rerun-crashed"
+    trigger = _server_trigger(automation)
+    assert trigger.covers(_crashed_event(with_deployment=True))
+    assert not trigger.covers(_crashed_event(with_deployment=False))  # a subflow: no deployment
+    assert not trigger.covers(_event("prefect.flow-run.Failed"))  # a failure needs its cause
+
+
+def test_the_crashed_alert_template_renders_the_alert_a_remediation_reads() -> None:
+    import json
+
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from mlre import remediation
+
+    event = _crashed_event(with_deployment=True)
+    rendered = ImmutableSandboxedEnvironment().from_string(automations.CRASHED_ALERT_TEMPLATE)
+    alert = json.loads(rendered.render(event=event))
+    deployment = event.resource_in_role["deployment"].id
+    assert remediation.alert_fields(alert) == (remediation.CRASHED_ALERT, deployment)
+    assert remediation.crashed_run_id(alert) == FLOW_RUN.removeprefix("prefect.flow-run.")
+    assert alert["labels"]["flow_run"] == "lucky-otter"
+    assert alert["labels"]["deployment"] == "weekly"

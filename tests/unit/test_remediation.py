@@ -69,3 +69,13 @@ def test_what_a_person_reads_names_the_runbook_and_the_reason() -> None:
     shown = remediation.alert_markdown(ALERT, "backfill-features")
     assert "| feature_view | daily_fv |" in shown
     assert "| summary | stale |" in shown
+
+
+def test_a_crashed_run_alert_names_its_run_and_reruns_it_once() -> None:
+    run_id = "0b7c6a52-3f0e-4c53-9f55-4f4f1c1a0a11"
+    alert = {"alertname": "FlowRunCrashed", "labels": {"flow_run_id": f"prefect.flow-run.{run_id}"}}
+    assert remediation.crashed_run_id(alert) == run_id
+    assert remediation.crashed_run_id({"labels": {"flow_run_id": run_id}}) == run_id
+    assert remediation.rerun_idempotency_key(run_id) == remediation.rerun_idempotency_key(run_id)
+    with pytest.raises(RemediationError, match="'FlowRunCrashed' has no flow_run_id label"):
+        remediation.crashed_run_id({"alertname": "FlowRunCrashed", "labels": {}})
