@@ -99,7 +99,8 @@ def _load(url: str, rate: float, duration: float, features: list[str] | None = N
 
 
 def _prepare(root: Path, redis_conn: str, tracking_uri: str) -> tuple[Settings, Any]:
-    """Temp repo with a Redis store, generated sources, materialized view, two model versions."""
+    """Temp repo with a Redis store, generated sources, materialized view, two model versions;
+    returns the settings and (store, versions, the feature env `register_model` takes)."""
     from mlre.data.generator import generate_sources, write_sources
     from mlre.features.materialize import Window, materialize_view
     from mlre.features.store import apply_repo, open_store
@@ -122,12 +123,18 @@ def _prepare(root: Path, redis_conn: str, tracking_uri: str) -> tuple[Settings, 
     materialize_view(store, view, Window(end - timedelta(days=30), end), partitions=1)
     env = SimpleNamespace(store=store, config=config)
     versions = [register_model(env, tracking_uri, settings.model_name, seed=s) for s in (0, 1)]
-    return settings, (store, versions)
+    return settings, (store, versions, env)
 
 
 @contextmanager
-def _serving_process(settings: Settings, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    """`python -m serving` as production runs it, in its own process; SIGTERM at the end."""
+def _serving_process(
+    settings: Settings,
+    port: int,
+    log_path: Path | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m serving` as production runs it, in its own process; SIGTERM at the end. Its
+    output goes to `log_path` when given, else to this process' own; `extra_env` adds settings."""
     env = {
         **os.environ,
         **settings.runtime_env(),
@@ -136,15 +143,20 @@ def _serving_process(settings: Settings, port: int) -> Iterator[subprocess.Popen
         "MLRE_MODEL_NAME": settings.model_name,
         "MLRE_SERVING_PORT": str(port),
         "MLRE_SERVING_POLL_INTERVAL_S": "1",
+        **(extra_env or {}),
     }
+    output = log_path.open("ab") if log_path is not None else None
     proc = subprocess.Popen(
-        [sys.executable, "-m", "serving"], cwd=PROJECT_ROOT, env=env, start_new_session=True
-    )
+        [sys.executable, "-m", "serving"], cwd=PROJECT_ROOT, env=env, start_new_session=True,
+        stdout=output, stderr=subprocess.STDOUT if output else None,
+    )  # fmt: skip
     try:
         _wait_http(f"http://127.0.0.1:{port}/readyz", proc, timeout_s=120)
         yield proc
     finally:
         supervisor.stop_popen(proc, grace_s=30)
+        if output is not None:
+            output.close()
 
 
 def _cpu_s(pid: int) -> float:
@@ -292,7 +304,7 @@ def main() -> None:
     apply_runtime_env(Settings(home=root / "home"))
     redis, mlflow_server = start_redis(root), start_mlflow(root)
     try:
-        settings, (store, versions) = _prepare(
+        settings, (store, versions, _) = _prepare(
             root, redis.connection_string, mlflow_server.tracking_uri
         )
         ours = _ours(settings, versions, args.rate, args.duration)

@@ -143,9 +143,16 @@ def logged_rows(settings: Settings, prefix: str) -> dict[str, int]:
 
 
 def _loadgen(
-    url: str, config: SoakConfig, start_at: float, out: Path, log: Any
+    url: str,
+    config: SoakConfig,
+    start_at: float,
+    out: Path,
+    log: Any,
+    *,
+    id_prefix: str = ID_PREFIX,
 ) -> subprocess.Popen:
-    """`python -m bench.loadgen` in its own process, starting its schedule at `start_at`."""
+    """`python -m bench.loadgen` in its own process, starting its schedule at `start_at`; its
+    request ids start with `id_prefix` (how its rows are told apart in the prediction log)."""
     from bench.serving import N_CUSTOMERS
 
     argv = [
@@ -153,7 +160,7 @@ def _loadgen(
         "--rate", str(config.rate), "--duration", str(config.duration_s),
         "--window", str(config.window_s), "--customers", str(N_CUSTOMERS),
         "--warmup", str(WARMUP_REQUESTS), "--start-at", str(start_at),
-        "--id-prefix", ID_PREFIX, "--out", str(out),
+        "--id-prefix", id_prefix, "--out", str(out),
     ]  # fmt: skip
     return subprocess.Popen(argv, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT)
 
@@ -364,7 +371,7 @@ def run_soak(root: Path, config: SoakConfig) -> dict[str, Any]:
     mlflow_server = None
     try:
         mlflow_server = start_mlflow(root)
-        settings, (_, versions) = _prepare(
+        settings, (_, versions, _) = _prepare(
             root, redis.connection_string, mlflow_server.tracking_uri
         )
         client = MlflowClient(settings.mlflow_tracking_uri)

@@ -1,0 +1,1 @@
+"""Chaos drills: `python -m bench.drills` (bench/drills/__main__.py)."""
