@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 from mlre.errors import MlreError
 
@@ -121,7 +122,13 @@ def crashed_run_id(alert: Mapping[str, Any]) -> str:
             f"Alert {alert.get('alertname', '?')!r} has no flow_run_id label; rerun-crashed runs "
             f"from the {CRASHED_ALERT} automation's alert (flows.automations)."
         )
-    return run_id
+    try:
+        return str(UUID(run_id))
+    except ValueError:
+        raise RemediationError(
+            f"Alert {alert.get('alertname', '?')!r}: flow_run_id label {value!r} is not a flow "
+            "run id (a UUID, or prefect.flow-run.<UUID>); nothing was re-run."
+        ) from None
 
 
 def rerun_idempotency_key(flow_run_id: str) -> str:

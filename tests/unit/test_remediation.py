@@ -79,3 +79,7 @@ def test_a_crashed_run_alert_names_its_run_and_reruns_it_once() -> None:
     assert remediation.rerun_idempotency_key(run_id) == remediation.rerun_idempotency_key(run_id)
     with pytest.raises(RemediationError, match="'FlowRunCrashed' has no flow_run_id label"):
         remediation.crashed_run_id({"alertname": "FlowRunCrashed", "labels": {}})
+    with pytest.raises(RemediationError, match=r"flow_run_id label 'prefect\.flow-run\.42' is not"):
+        remediation.crashed_run_id(
+            {"alertname": "X", "labels": {"flow_run_id": "prefect.flow-run.42"}}
+        )
