@@ -35,7 +35,13 @@ def worker_killed_mid_flow(p: DrillPlatform) -> DrillResult:
 
     from flows import automations, deploy
     from mlre import local_platform, supervisor
-    from tests.support.prefect_runs import armed, heartbeats, lose_node, run_processes
+    from tests.support.prefect_runs import (
+        armed,
+        deployment_runs,
+        heartbeats,
+        lose_node,
+        run_processes,
+    )
 
     result = DrillResult(
         "worker-killed-mid-flow",
@@ -78,7 +84,7 @@ def worker_killed_mid_flow(p: DrillPlatform) -> DrillResult:
     result.outcome = outcome_of(remediation.id)
     p.echo(f"  {remediation.name}: {result.run_state}, {result.outcome}")
     (rerun, *_) = wait_until(
-        lambda: [r for r in _runs_of(run.deployment_id) if "mlre-rerun" in r.tags],
+        lambda: [r for r in deployment_runs(run.deployment_id) if "mlre-rerun" in r.tags],
         timeout_s=120, what="the re-run", interval_s=1,
     )  # fmt: skip
     rerun_state = final_state(rerun.id)
@@ -104,12 +110,6 @@ def _state(run_id: Any) -> str:
     with get_client(sync_client=True) as client:
         state = client.read_flow_run(run_id).state
     return state.type.value if state else "PENDING"
-
-
-def _runs_of(deployment_id: Any) -> list[Any]:
-    from tests.support.prefect_runs import deployment_runs
-
-    return deployment_runs(deployment_id)
 
 
 def _stored(p: DrillPlatform) -> dict[str, set[str]]:
