@@ -235,7 +235,13 @@ def test_flows_materialize_check_train_score_and_serve(marketplace_env) -> None:
 
     # /predict over HTTP: the champion's service says which keys and values an instance needs.
     client.set_registered_model_alias(model_name, registry.CHAMPION, outcome.version)
-    config = ServingConfig(model_name=model_name, poll_interval_s=3600, log_flush_interval_s=3600)
+    # A generous read budget: a loaded machine must not turn the first read into a timeout fallback.
+    config = ServingConfig(
+        model_name=model_name,
+        poll_interval_s=3600,
+        log_flush_interval_s=3600,
+        feature_timeout_s=5.0,
+    )
     with TestClient(create_app(get_settings(), config)) as http:
         answer = http.post("/predict", json={"instances": rows[:3]})
         assert answer.status_code == 200, answer.text

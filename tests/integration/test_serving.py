@@ -121,9 +121,12 @@ def serving_settings(env: FeatureEnv, tracking_uri: str, model_name: str) -> Set
 
 
 def fast_config(**overrides: object) -> ServingConfig:
-    """Short poll/flush intervals so tests see changes quickly."""
+    """Short poll/flush intervals so tests see changes quickly, and a generous feature-read
+    budget: a loaded CI machine must not turn a slow SQLite read into a (correct) timeout
+    fallback in a test about something else. Tests of the timeout set their own."""
     values: dict[str, object] = {
         "poll_interval_s": 0.2,
+        "feature_timeout_s": 5.0,
         "log_flush_interval_s": 0.5,
         "ready_probe_ttl_s": 0.0,
         **overrides,
@@ -293,9 +296,7 @@ def test_canary_share_is_sticky_and_alias_moves_reload_under_load(
 ) -> None:
     name, v1, v2 = two_versions
     ml = MlflowClient(mlflow_server.tracking_uri)
-    # A generous read budget: this test is about the swap, and a loaded CI machine must not turn
-    # a slow SQLite read into a (correct) timeout fallback.
-    config = fast_config(max_instances=N_CUSTOMERS, feature_timeout_s=5.0)
+    config = fast_config(max_instances=N_CUSTOMERS)
     client = client_for(name, config)
     keys = customers(local_env)
 
