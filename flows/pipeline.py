@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from prefect import flow
+from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel, Field
 
 from flows import slis
@@ -16,6 +20,10 @@ from flows.materialize import MaterializeParams
 from flows.promotion import promote_model
 from flows.training import TrainParams, train_model
 from mlre import evaluation
+from mlre.cost import cost_rows
+from mlre.settings import get_settings
+
+T = TypeVar("T")
 
 
 class PipelineParams(BaseModel):
@@ -41,24 +49,53 @@ class PipelineSummary:
     scored: object
 
 
+class _Stopwatch:
+    """Seconds per stage of one run, for its cost table."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def run(self, stage: str, call: Callable[[], T]) -> T:
+        started = time.perf_counter()
+        try:
+            return call()
+        finally:
+            self.seconds[stage] = time.perf_counter() - started
+
+
+def _report_cost(stopwatch: _Stopwatch, device: str) -> None:
+    settings = get_settings()
+    create_table_artifact(
+        key="pipeline-cost",
+        table=cost_rows(stopwatch.seconds, settings.instance_type, settings.instance_hourly_usd),
+        description=f"Wall time per stage on node type {settings.instance_type or 'unknown'} "
+        f"(training on {device}); USD figures are ESTIMATES from list prices "
+        "(Settings.instance_hourly_usd), not a bill.",
+    )
+
+
 @flow(name="ml-pipeline", log_prints=True, **slis.flow_run_hooks())
 def ml_pipeline(params: PipelineParams | None = None) -> PipelineSummary:
     """Features -> consistency -> train -> evaluate -> promote (or refuse) -> batch inference."""
     params = params or PipelineParams()
-    feature_pipeline(params.materialize, params.consistency)
-    trained = train_model(params.train)
-    outcome = evaluate_model(
-        EvaluateParams(
-            repo_path=params.train.repo_path,
-            store_profile=params.train.store_profile,
-            model_name=trained.model_name,
-            version=trained.version,
-            label_source=params.train.label_source,
-            window_start=trained.test_start,
-            window_end=trained.test_end,
-            gate=params.gate,
-            dry_run=params.dry_run,
-        )
+    stopwatch = _Stopwatch()
+    stopwatch.run("features", lambda: feature_pipeline(params.materialize, params.consistency))
+    trained = stopwatch.run("train", lambda: train_model(params.train))
+    outcome = stopwatch.run(
+        "evaluate",
+        lambda: evaluate_model(
+            EvaluateParams(
+                repo_path=params.train.repo_path,
+                store_profile=params.train.store_profile,
+                model_name=trained.model_name,
+                version=trained.version,
+                label_source=params.train.label_source,
+                window_start=trained.test_start,
+                window_end=trained.test_end,
+                gate=params.gate,
+                dry_run=params.dry_run,
+            )
+        ),
     )
     promote = outcome.passed and params.auto_promote and not params.dry_run
     if promote:
@@ -67,5 +104,6 @@ def ml_pipeline(params: PipelineParams | None = None) -> PipelineSummary:
     scored = None
     if champion:  # the very first model was refused: nothing may serve predictions yet
         inference_params = params.inference.model_copy(update={"model_name": trained.model_name})
-        scored = batch_inference(inference_params)
+        scored = stopwatch.run("batch inference", lambda: batch_inference(inference_params))
+    _report_cost(stopwatch, trained.device)
     return PipelineSummary(trained.version, outcome, promote, champion, scored)

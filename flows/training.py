@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
 
 import pandas as pd
 from prefect import flow, task
 from prefect.artifacts import create_link_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from flows import slis
 from flows._common import LabelParams, ModelParams, StoreParams, lake_source, server_task, store_for
@@ -36,15 +35,29 @@ class TrainParams(LabelParams, ModelParams, StoreParams):
         default_factory=lambda: ["merchant_category"],
         description="Label-event columns kept for slicing the evaluation, never model inputs.",
     )
-    model_family: Literal["logistic_regression", "hist_gradient_boosting", "random_forest"] = (
-        "hist_gradient_boosting"
+    model_family: training.ModelFamily = Field(
+        "hist_gradient_boosting",
+        description="xgboost can train on a GPU (see device); the others run on the CPU only.",
+    )
+    device: training.Device = Field(
+        "auto",
+        description="xgboost only: auto (CUDA when the node has a GPU), cpu, or cuda (fail "
+        "fast when the node has none). Send cuda runs to the GPU work pool.",
     )
     validation_days: int = Field(3, ge=1)
     test_days: int = Field(3, ge=1)
     search: bool = Field(False, description="Bounded randomized hyper-parameter search.")
+    search_iterations: int = Field(8, ge=1, le=50, description="Candidates the search tries.")
     seed: int = 0
     start: datetime | None = Field(None, description="Only labels at or after this time.")
     end: datetime | None = Field(None, description="Only labels before this time.")
+
+    @model_validator(mode="after")
+    def _device_fits_family(self) -> TrainParams:
+        problem = training.family_device_problem(self.model_family, self.device)
+        if problem:
+            raise ValueError(problem)
+        return self
 
     def training_config(
         self, entity_columns: list[str], request_columns: list[str]
@@ -59,9 +72,11 @@ class TrainParams(LabelParams, ModelParams, StoreParams):
             ),
             passthrough_columns=tuple(self.passthrough_columns),
             model_family=self.model_family,
+            device=self.device,
             validation_days=self.validation_days,
             test_days=self.test_days,
             search=self.search,
+            search_iterations=self.search_iterations,
             seed=self.seed,
         )
 
@@ -75,6 +90,15 @@ def resolve_training_config(params: TrainParams) -> training.TrainingConfig:
     return params.training_config(keys, request)
 
 
+@task(cache_policy=NO_CACHE, name="check-device")
+def check_device(config: training.TrainingConfig) -> str:
+    """Where the fit will run, decided before any data is read: device='cuda' on a node without
+    a usable GPU fails here, in seconds, not after the training set is built."""
+    device = training.resolve_device(config.model_family, config.device)
+    print(f"{config.model_family} will train on {device} (device={config.device!r}).")
+    return device
+
+
 @dataclass(frozen=True)
 class TrainOutcome:
     """What evaluation needs: the version, its run, and the held-out window."""
@@ -85,6 +109,8 @@ class TrainOutcome:
     test_start: datetime
     test_end: datetime
     rows_dropped: int
+    device: str = "cpu"
+    train_seconds: float = 0.0
 
 
 @task(cache_policy=NO_CACHE, name="load-labels")
@@ -139,6 +165,7 @@ def train_model(params: TrainParams | None = None) -> TrainOutcome:
     params = params or TrainParams()
     settings = get_settings()
     config = resolve_training_config(params)
+    check_device(config)
     labels = load_labels(params.label_source, params.start, params.end)
     training_set = build_training_set(params, config, labels)
     split, trained = fit_model(config, training_set)
@@ -166,8 +193,9 @@ def train_model(params: TrainParams | None = None) -> TrainOutcome:
                 "to": "",
             }
         ],
-        description=f"{model_name} v{logged.version}: {trained.family}, threshold "
-        f"{trained.threshold:.3f}, trained in {trained.train_seconds:.1f}s",
+        description=f"{model_name} v{logged.version}: {trained.family} on {trained.device}, "
+        f"threshold {trained.threshold:.3f}, trained in {trained.train_seconds:.1f}s, cost "
+        f"{training.run_cost(trained).label}",
     )
     create_link_artifact(
         key="mlflow-model-version",
@@ -181,4 +209,6 @@ def train_model(params: TrainParams | None = None) -> TrainOutcome:
         test_start=split.test[ts].min().to_pydatetime(),
         test_end=split.test[ts].max().to_pydatetime(),
         rows_dropped=training_set.rows_dropped,
+        device=trained.device,
+        train_seconds=trained.train_seconds,
     )

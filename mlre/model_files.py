@@ -16,8 +16,10 @@ from mlre.errors import InferenceError
 
 SKOPS_FORMAT = "skops"
 
-# Types skops refuses by default that our pipelines contain: sklearn's own tree structures and
-# numpy dtypes. Anything else in a model is a surprise and must be looked at, not trusted.
+# Types skops refuses by default that our pipelines contain: sklearn's own tree structures,
+# numpy dtypes, and XGBoost's estimator and Booster (restored from XGBoost's own model bytes via
+# Booster.__setstate__, not from a pickle). Anything else in a model is a surprise and must be
+# looked at, not trusted.
 # skops checks only the types: a crafted tree could still crash predict(), so the registry
 # itself must stay writable by the platform only.
 SKOPS_TRUSTED_TYPES = frozenset(
@@ -25,6 +27,8 @@ SKOPS_TRUSTED_TYPES = frozenset(
         "numpy.dtype",
         "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
         "sklearn.tree._tree.Tree",
+        "xgboost.core.Booster",
+        "xgboost.sklearn.XGBClassifier",
     }
 )
 

@@ -21,6 +21,20 @@ HEARTBEAT_ENV = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
 MIN_FLOW_HEARTBEAT_S = 30  # Prefect refuses a shorter heartbeat period
 
 
+# ESTIMATES: us-east-1 on-demand Linux list prices (USD per hour) of the instance types the
+# Pulumi stacks' node pools use (Pulumi.*.yaml). Not a bill: no spot, savings plans or EBS.
+ESTIMATED_HOURLY_USD: dict[str, float] = {
+    "t3.large": 0.0832,
+    "t3.xlarge": 0.1664,
+    "m6i.large": 0.096,
+    "m6i.xlarge": 0.192,
+    "g5.xlarge": 1.006,
+    "g5.2xlarge": 1.212,
+    "g5.4xlarge": 1.624,
+    "g6.12xlarge": 4.6016,
+}
+
+
 class Settings(BaseSettings):
     """Platform settings. Override any field with `MLRE_<FIELD>` (e.g. `MLRE_PREFECT_PORT=4300`)."""
 
@@ -80,6 +94,20 @@ class Settings(BaseSettings):
         True,
         description="Whether `mlre up` starts the alert relay next to the monitoring stack "
         "(python -m relay: alerts -> Prefect events -> remediation automations).",
+    )
+
+    # Where a flow run landed (the work pools' job templates set these on every pod) and what
+    # that node costs: training records device, wall time and an estimated cost per run.
+    node_name: str = Field("", description="Kubernetes node of this pod (downward API).")
+    work_pool: str = Field("", description="Prefect work pool this flow run was sent to.")
+    instance_type: str = Field(
+        "", description="EC2 instance type of the node (empty: unknown, no cost estimate)."
+    )
+    instance_hourly_usd: dict[str, float] = Field(
+        default_factory=lambda: dict(ESTIMATED_HOURLY_USD),
+        description="Hourly price per instance type: ESTIMATES (us-east-1 on-demand list "
+        "prices, no savings plans or spot discounts); override with MLRE_INSTANCE_HOURLY_USD "
+        'as JSON, e.g. {"g5.xlarge": 0.42} for spot.',
     )
 
     # The error-budget policy (mlre.slo.policy) of promote-model and canary-rollout.

@@ -2,9 +2,9 @@
 
 Prefect-free. `build_training_set` asks Feast for the features each label event saw at its own
 timestamp and reports (never hides) the label rows Feast could not serve; `split_by_time` cuts
-train / validation / test windows with no overlap; `train` fits one model family and picks the
-F1-optimal threshold on validation; `log_training_run` records the run, registers the model, and
-stores the drift reference next to it.
+train / validation / test windows with no overlap; `train` fits one model family (XGBoost on a
+GPU when one is there) and picks the F1-optimal threshold on validation; `log_training_run`
+records the run and its estimated cost, registers the model, and stores the drift reference.
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,11 +30,13 @@ from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import PredefinedSplit, RandomizedSearchCV
+from sklearn.metrics import average_precision_score
+from sklearn.model_selection import ParameterSampler, PredefinedSplit, RandomizedSearchCV
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from threadpoolctl import threadpool_limits
 
+from mlre.cost import CostEstimate, estimate_cost
 from mlre.errors import FeatureStoreError, MlreError
 from mlre.evaluation import choose_threshold, compute_metrics, score
 from mlre.features.services import (
@@ -48,8 +52,13 @@ from mlre.mlflow_uri import global_tracking_uri, mlflow_answering
 from mlre.model_files import SKOPS_TRUSTED_TYPES
 from mlre.settings import PROJECT_ROOT, get_settings
 
-ModelFamily = Literal["logistic_regression", "hist_gradient_boosting", "random_forest"]
+ModelFamily = Literal["logistic_regression", "hist_gradient_boosting", "random_forest", "xgboost"]
 MODEL_FAMILIES: tuple[str, ...] = ModelFamily.__args__  # type: ignore[attr-defined]
+# Families that can train on a CUDA device; only their runs belong on the GPU work pool.
+GPU_FAMILIES: tuple[str, ...] = ("xgboost",)
+Device = Literal["auto", "cpu", "cuda"]
+# The Kubernetes node a flow pod runs on (the work pools' templates set it from the downward API).
+NODE_NAME_ENV = "MLRE_NODE_NAME"
 ROW_ID = "__mlre_row_id"
 PREDICTION_COLUMN = "prediction"
 REFERENCE_MAX_ROWS = 5000
@@ -76,6 +85,11 @@ class TrainingConfig(BaseModel):
         ("merchant_category",), description="Kept for slicing the evaluation, not model inputs."
     )
     model_family: ModelFamily = "hist_gradient_boosting"
+    device: Device = Field(
+        "auto",
+        description="Where a GPU-capable family fits: auto (CUDA when a GPU is visible), cpu, "
+        "or cuda (fail when there is none). Other families always fit on the CPU.",
+    )
     validation_days: int = Field(3, ge=1, description="Days before the test window.")
     test_days: int = Field(3, ge=1, description="Last days of the data, held out.")
     search: bool = Field(False, description="Run a bounded randomized hyper-parameter search.")
@@ -148,6 +162,8 @@ class TrainedModel:
     features: list[str]
     categorical: list[str]
     train_seconds: float
+    device: str = "cpu"
+    trials: list[Trial] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -419,10 +435,81 @@ SEARCH_SPACES: dict[str, dict[str, list[Any]]] = {
         "model__min_samples_leaf": [1, 5, 20],
         "model__max_features": ["sqrt", 0.5],
     },
+    "xgboost": {
+        "model__learning_rate": [0.03, 0.05, 0.1, 0.2],
+        "model__max_depth": [3, 4, 6, 8],
+        "model__min_child_weight": [1, 5, 20],
+        "model__subsample": [0.7, 0.85, 1.0],
+        "model__colsample_bytree": [0.7, 0.85, 1.0],
+        "model__reg_lambda": [0.1, 1.0, 10.0],
+    },
 }
 
 
-def _estimator(family: str, seed: int) -> Any:
+# --------------------------------------------------------------------------------------------
+# Device
+# --------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def cuda_available() -> bool:
+    """Whether XGBoost can train on a CUDA device here: a CUDA build, and a tiny fit that works
+    (a driver, a visible GPU). Cached: the answer does not change within a process."""
+    import xgboost
+
+    if not xgboost.build_info().get("USE_CUDA", False):
+        return False
+    try:
+        probe = xgboost.DMatrix(np.array([[0.0], [1.0]]), label=np.array([0.0, 1.0]))
+        xgboost.train({"device": "cuda", "tree_method": "hist"}, probe, num_boost_round=1)
+    except xgboost.core.XGBoostError:
+        return False
+    return True
+
+
+def _where() -> str:
+    """'node N of pool P' for an error message, from what the work pool's template sets."""
+    settings = get_settings()
+    node = settings.node_name or os.environ.get(NODE_NAME_ENV, "") or "this machine"
+    pool = settings.work_pool or "no work pool (a local run)"
+    return f"node {node!r} (work pool {pool!r})"
+
+
+def family_device_problem(family: str, device: str) -> str | None:
+    """Why `family` cannot be asked for `device`, or None: only GPU families take cuda."""
+    if device == "cuda" and family not in GPU_FAMILIES:
+        return (
+            f"Model family {family!r} cannot train on a GPU (device='cuda'); use one of "
+            f"{list(GPU_FAMILIES)} or device='auto'/'cpu', and send the run to the CPU pool."
+        )
+    return None
+
+
+def resolve_device(family: str, requested: str, gpu: bool | None = None) -> str:
+    """ "cuda" or "cpu": where `family` fits given the requested device and whether a GPU is
+    usable (`gpu`, probed when None). `cuda` with no usable GPU fails, naming node and pool,
+    rather than silently training on the CPU for hours."""
+    problem = family_device_problem(family, requested)
+    if problem:
+        raise TrainingError(problem)
+    if family not in GPU_FAMILIES:
+        return "cpu"
+    if requested == "cpu":
+        return "cpu"
+    usable = cuda_available() if gpu is None else gpu
+    if usable:
+        return "cuda"
+    if requested == "cuda":
+        raise TrainingError(
+            f"device='cuda' but no usable CUDA GPU on {_where()}: the GPU is missing or taken, the "
+            "NVIDIA driver/device plugin is not running, or this image's xgboost is the CPU-only "
+            "build (xgboost-cpu). Check the node's nvidia.com/gpu capacity and the GPU image, or "
+            "run with device='auto'."
+        )
+    return "cpu"
+
+
+def _estimator(family: str, seed: int, device: str = "cpu", threads: int | None = None) -> Any:
     # No class weights: fraud is ~5% of rows, but the decision threshold is chosen on validation,
     # and balanced weights inflate every probability (Brier near the gate's 0.10 ceiling, a
     # calibration plot far off the diagonal) for no gain in ranking (ROC/PR AUC).
@@ -432,16 +519,34 @@ def _estimator(family: str, seed: int) -> Any:
         return HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, random_state=seed)
     if family == "random_forest":
         return RandomForestClassifier(n_estimators=200, min_samples_leaf=5, random_state=seed)
+    if family == "xgboost":
+        from xgboost import XGBClassifier
+
+        return XGBClassifier(
+            tree_method="hist",
+            n_estimators=300,
+            learning_rate=0.05,
+            max_depth=6,
+            device=device,
+            n_jobs=threads,
+            random_state=seed,
+        )
     raise TrainingError(f"Unknown model family {family!r}; use one of {list(MODEL_FAMILIES)}.")
 
 
 def build_pipeline(
-    family: str, numeric: list[str], categorical: list[str], seed: int = 0
+    family: str,
+    numeric: list[str],
+    categorical: list[str],
+    seed: int = 0,
+    *,
+    device: str = "cpu",
+    threads: int | None = None,
 ) -> Pipeline:
     """Preprocessing (per family) + the estimator, as one sklearn Pipeline."""
-    estimator = _estimator(family, seed)
+    estimator = _estimator(family, seed, device, threads)
     numeric_steps: list[tuple[str, Any]] = []
-    if family != "hist_gradient_boosting":  # HGB handles NaN natively
+    if family not in ("hist_gradient_boosting", "xgboost"):  # both handle NaN natively
         numeric_steps.append(("impute", SimpleImputer(strategy="median")))
     if family == "logistic_regression":  # only the linear model cares about scale
         numeric_steps.append(("scale", StandardScaler()))
@@ -461,10 +566,16 @@ def build_pipeline(
     return Pipeline([("preprocess", preprocess), ("model", estimator)])
 
 
-def _search(
-    pipeline: Pipeline, split: Split, config: TrainingConfig
-) -> tuple[dict[str, Any], float]:
-    """Randomized search scored on the validation window (never on test); returns best params."""
+@dataclass(frozen=True)
+class Trial:
+    """One search candidate: its parameters and its validation PR AUC."""
+
+    params: dict[str, Any]
+    validation_pr_auc: float
+
+
+def _search(pipeline: Pipeline, split: Split, config: TrainingConfig) -> list[Trial]:
+    """Randomized search scored on the validation window (never on test)."""
     both = pd.concat([split.train, split.validation], ignore_index=True)
     # -1: always in training folds; 0: the single validation fold.
     fold = np.r_[np.full(len(split.train), -1), np.zeros(len(split.validation))]
@@ -479,23 +590,76 @@ def _search(
         n_jobs=1,
     )
     search.fit(both[split.features], both[config.label_column].astype(int))
-    return dict(search.best_params_), float(search.best_score_)
+    results = search.cv_results_
+    return [
+        Trial(dict(params), float(value))
+        for params, value in zip(results["params"], results["mean_test_score"], strict=True)
+    ]
+
+
+def _xgboost_search(pipeline: Pipeline, split: Split, config: TrainingConfig) -> list[Trial]:
+    """The same search for XGBoost with the data prepared once: preprocessing fitted on train,
+    both windows binned into DMatrix objects that every trial reuses. XGBoost keeps a matrix's
+    device copy with it, so on a GPU the trials train on the device without copying or
+    re-binning the data each time (what a RandomizedSearchCV over the Pipeline would do)."""
+    import xgboost
+    from sklearn.base import clone
+
+    label = config.label_column
+    y_train = split.train[label].astype(int).to_numpy()
+    y_val = split.validation[label].astype(int).to_numpy()
+    preprocess = clone(pipeline.named_steps["preprocess"]).fit(split.train[split.features])
+    x_train = np.asarray(preprocess.transform(split.train[split.features]), dtype=np.float32)
+    x_val = np.asarray(preprocess.transform(split.validation[split.features]), dtype=np.float32)
+    train_matrix = xgboost.QuantileDMatrix(x_train, label=y_train)
+    validation_matrix = xgboost.QuantileDMatrix(x_val, ref=train_matrix)
+    model = pipeline.named_steps["model"]
+    trials = []
+    space = SEARCH_SPACES["xgboost"]
+    for candidate in ParameterSampler(space, config.search_iterations, random_state=config.seed):
+        settings = {k.removeprefix("model__"): v for k, v in candidate.items()}
+        trial = clone(model).set_params(**settings)
+        booster = xgboost.train(
+            trial.get_xgb_params(), train_matrix, num_boost_round=trial.n_estimators
+        )
+        scores = booster.predict(validation_matrix)
+        trials.append(Trial(dict(candidate), float(average_precision_score(y_val, scores))))
+    return trials
+
+
+def best_trial(trials: list[Trial]) -> Trial:
+    """The highest validation PR AUC; the first such candidate on ties (deterministic)."""
+    return max(trials, key=lambda t: t.validation_pr_auc)
 
 
 def train(split: Split, config: TrainingConfig | None = None) -> TrainedModel:
     """Fit on train, pick the F1-optimal threshold on validation, score validation."""
     config = config or TrainingConfig()
     started = time.perf_counter()
-    pipeline = build_pipeline(config.model_family, split.numeric, split.categorical, config.seed)
+    device = resolve_device(config.model_family, config.device)
+    pipeline = build_pipeline(
+        config.model_family,
+        split.numeric,
+        split.categorical,
+        config.seed,
+        device=device,
+        threads=config.threads,
+    )
     params: dict[str, Any] = {}
+    trials: list[Trial] = []
     if config.search:
+        search = _xgboost_search if config.model_family == "xgboost" else _search
         with threadpool_limits(limits=config.threads):
-            best, best_score = _search(pipeline, split, config)
-        pipeline.set_params(**best)
-        params = {**best, "search_best_validation_pr_auc": best_score}
+            trials = search(pipeline, split, config)
+        best = best_trial(trials)
+        pipeline.set_params(**best.params)
+        params = {**best.params, "search_best_validation_pr_auc": best.validation_pr_auc}
     y_train = split.train[config.label_column].astype(int)
     with threadpool_limits(limits=config.threads):
         pipeline.fit(split.train[split.features], y_train)
+    if device != "cpu":
+        # Serving and batch pods have no GPU: the saved model scores on the CPU.
+        pipeline.set_params(model__device="cpu")
     y_val = split.validation[config.label_column].astype(int)
     p_val = score(pipeline, split.validation[split.features])
     threshold = choose_threshold(y_val, p_val)
@@ -510,6 +674,8 @@ def train(split: Split, config: TrainingConfig | None = None) -> TrainedModel:
         features=list(split.features),
         categorical=list(split.categorical),
         train_seconds=time.perf_counter() - started,
+        device=device,
+        trials=trials,
     )
 
 
@@ -543,18 +709,33 @@ def git_commit(cwd: Path = PROJECT_ROOT) -> str:
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
 
 
-def pinned_requirements() -> list[str]:
+def _installed_xgboost() -> str:
+    """`xgboost-cpu==V` or `xgboost==V`: whichever distribution provides the module here."""
+    from importlib import metadata
+
+    for dist in ("xgboost-cpu", "xgboost"):
+        try:
+            return f"{dist}=={metadata.version(dist)}"
+        except metadata.PackageNotFoundError:
+            continue
+    raise TrainingError("xgboost is not installed; `make install` installs xgboost-cpu.")
+
+
+def pinned_requirements(family: str = "hist_gradient_boosting") -> list[str]:
     """Exact versions of what loading the model needs (inference would take ~3 s and guess)."""
     import sklearn
     import skops
 
-    return [
+    pins = [
         f"scikit-learn=={sklearn.__version__}",
         f"pandas=={pd.__version__}",
         f"numpy=={np.__version__}",
         # mlflow.sklearn saves with skops by default, so loading needs it too.
         f"skops=={skops.__version__}",
     ]
+    if family == "xgboost":
+        pins.append(_installed_xgboost())
+    return pins
 
 
 def skops_trusted_types(pipeline: Pipeline) -> list[str]:
@@ -591,6 +772,14 @@ def reference_schema(trained: TrainedModel) -> dict[str, str]:
     return {**kinds, PREDICTION_COLUMN: "numeric"}
 
 
+def run_cost(trained: TrainedModel) -> CostEstimate:
+    """The fit's estimated cost on the node this process runs on (Settings.instance_type)."""
+    settings = get_settings()
+    return estimate_cost(
+        trained.train_seconds, settings.instance_type, settings.instance_hourly_usd
+    )
+
+
 def _finite(values: dict[str, float], prefix: str) -> dict[str, float]:
     return {f"{prefix}{k}": float(v) for k, v in values.items() if math.isfinite(float(v))}
 
@@ -609,6 +798,9 @@ def _run_metrics(
         "train_seconds": trained.train_seconds,
         "threshold": trained.threshold,
     }
+    cost = run_cost(trained)
+    if cost.usd is not None:
+        metrics["estimated_cost_usd"] = cost.usd
     for name, part in split.windows().items():
         metrics[f"{name}_rows"] = float(len(part))
     return metrics
@@ -630,6 +822,9 @@ def _run_tags(
         "data_fingerprint": fingerprint(training_set.frame),
         "git_commit": git_commit(),
         "model_family": trained.family,
+        "device": trained.device,
+        "instance_type": get_settings().instance_type or "unknown",
+        "estimated_cost": run_cost(trained).label,
         "threshold": repr(trained.threshold),
         "rows_dropped": str(training_set.rows_dropped),
         "train_window": (
@@ -655,6 +850,24 @@ def _experiment_id(client: Any, name: str, artifact_location: str | None) -> str
     if experiment is not None:
         return experiment.experiment_id
     return client.create_experiment(name, artifact_location=artifact_location)
+
+
+def _log_trials(trials: list[Trial], experiment_id: str) -> None:
+    """One child run per search candidate under the active (parent) run; the best is tagged."""
+    import mlflow
+
+    if not trials:
+        return
+    best = best_trial(trials)
+    for number, trial in enumerate(trials):
+        with mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=f"trial-{number}",
+            nested=True,
+            tags={"search_trial": str(number), "best_trial": str(trial is best).lower()},
+        ):
+            mlflow.log_params({k.removeprefix("model__"): str(v) for k, v in trial.params.items()})
+            mlflow.log_metric("validation_pr_auc", trial.validation_pr_auc)
 
 
 def log_training_run(
@@ -703,8 +916,9 @@ def log_training_run(
             mlflow.start_run(experiment_id=experiment_id, tags=tags) as run,
             tempfile.TemporaryDirectory(prefix="mlre-train-") as tmp,
         ):
-            mlflow.log_params(params)
+            mlflow.log_params({**params, "trained_on_device": trained.device})
             mlflow.log_metrics(metrics)
+            _log_trials(trained.trials, experiment_id)
             reference_dir = Path(tmp) / "reference"
             reference_dir.mkdir()
             reference_frame(trained, X_train, config.seed).to_parquet(
@@ -724,7 +938,7 @@ def log_training_run(
                 name="model",
                 signature=signature,
                 input_example=example,
-                pip_requirements=pinned_requirements(),
+                pip_requirements=pinned_requirements(trained.family),
                 skops_trusted_types=skops_trusted_types(trained.pipeline),
                 registered_model_name=model_name,
             )

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
+import mlflow
 import pytest
+import xgboost
+from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 
 from flows.evaluation import EvaluateParams, evaluate_model
@@ -16,10 +20,13 @@ from flows.promotion import rollback_model
 from flows.training import TrainParams, train_model
 from mlre import registry
 from mlre.evaluation import GateConfig
+from mlre.mlflow_uri import global_tracking_uri
 from mlre.prediction_log import read_predictions
+from mlre.serving_config import ServingConfig
 from mlre.settings import get_settings
 from mlre.supervisor import free_port
 from mlre.training import TrainingError
+from serving.app import create_app
 from tests.integration.conftest import NOW, recent_config
 from tests.support.prefect_runs import task_run_states
 
@@ -87,6 +94,60 @@ def test_pipeline_promotes_first_model_then_gates_the_second(lifecycle) -> None:
         first.version,
         second.version,
     }
+
+
+def test_xgboost_is_searched_gated_promoted_batch_scored_and_served(
+    lifecycle, tmp_path: Path
+) -> None:
+    """The GPU-capable family through the whole lifecycle on a CPU machine (device=auto)."""
+    env, client, model_name = lifecycle
+    params = TrainParams(
+        model_family="xgboost", search=True, search_iterations=3, validation_days=3, test_days=3
+    )
+    summary = ml_pipeline(_pipeline(train=params))
+    assert summary.promoted, summary.gate.reasons
+    assert _aliases(client, model_name) == {registry.CHAMPION: summary.version}
+    predictions = read_predictions(env.settings.lake_dir, model_name)
+    assert len(predictions) == summary.scored["scored"] > 0
+    assert set(predictions["model_version"]) == {summary.version}
+
+    # The run says where it trained and what it cost; the search left one child run per trial.
+    version = client.get_model_version(model_name, summary.version)
+    run = client.get_run(version.run_id)
+    assert version.tags["model_family"] == "xgboost"
+    assert version.tags["device"] == run.data.params["trained_on_device"] == "cpu"
+    assert version.tags["estimated_cost"].startswith("not estimated")  # no node type here
+    children = client.search_runs(
+        [run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'"
+    )
+    assert len(children) == 3
+    assert sorted(c.data.tags["best_trial"] for c in children) == ["false", "false", "true"]
+    best = max(children, key=lambda c: c.data.metrics["validation_pr_auc"])
+    assert best.data.tags["best_trial"] == "true"
+    assert float(run.data.params["search_best_validation_pr_auc"]) == pytest.approx(
+        best.data.metrics["validation_pr_auc"]
+    )
+
+    # Served like the others: the champion answers.
+    config = ServingConfig(
+        model_name=model_name,
+        poll_interval_s=3600,
+        log_flush_interval_s=3600,
+        feature_timeout_s=5.0,  # a loaded CI machine must not turn a slow read into a fallback
+    )
+    instances = [{"customer_id": int(c), "amount": 42.0} for c in env.config.customer_ids[:5]]
+    with TestClient(create_app(get_settings(), config)) as http:
+        answer = http.post("/predict", json={"instances": instances})
+    assert answer.status_code == 200, answer.text
+    served = answer.json()["predictions"]
+    assert {(p["route"], p["model_version"]) for p in served} == {("champion", summary.version)}
+    # Its requirements pin the xgboost build it was trained with (the CPU wheel here).
+    with global_tracking_uri(get_settings().mlflow_tracking_uri):
+        folder = mlflow.artifacts.download_artifacts(
+            f"models:/{model_name}/{summary.version}", dst_path=str(tmp_path)
+        )
+    requirements = (Path(folder) / "requirements.txt").read_text().split()
+    assert f"xgboost-cpu=={xgboost.__version__}" in requirements
 
 
 def test_refused_first_model_leaves_no_champion_and_skips_inference(lifecycle) -> None:

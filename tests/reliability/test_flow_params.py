@@ -149,9 +149,19 @@ CASES = [
         id="train_unknown_label_source",
     ),
     pytest.param(
-        lambda p: TrainParams(model_family="xgboost"),
-        pydantic.ValidationError, ["model_family", "xgboost"], "'random_forest'",
+        lambda p: TrainParams(model_family="catboost"),
+        pydantic.ValidationError, ["model_family", "catboost"], "'xgboost'",
         id="train_unknown_model_family",
+    ),
+    pytest.param(
+        lambda p: TrainParams(device="tpu"),
+        pydantic.ValidationError, ["device", "tpu"], "'cuda'",
+        id="train_unknown_device",
+    ),
+    pytest.param(
+        lambda p: TrainParams(model_family="random_forest", device="cuda"),
+        pydantic.ValidationError, ["'random_forest'", "device='cuda'"], "use one of ['xgboost']",
+        id="train_cpu_family_on_cuda",
     ),
     # evaluate-model
     pytest.param(

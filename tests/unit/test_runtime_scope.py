@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from feast import FileSource
 from sklearn.linear_model import LogisticRegression
@@ -106,6 +107,22 @@ def test_skops_model_loads_with_mlflows_unpickler_refused(
     loaded = load_sklearn_model(path, "Model 'm' version 1")
     x = np.ones((2, 3))
     assert np.allclose(loaded.predict_proba(x), pipeline.predict_proba(x))
+
+
+def test_xgboost_pipeline_saves_with_reviewed_types_and_scores_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlre.training import build_pipeline, skops_trusted_types
+
+    pipeline = build_pipeline("xgboost", ["a", "b", "c"], [], seed=0)
+    frame = pd.DataFrame(np.random.default_rng(1).normal(size=(200, 3)), columns=["a", "b", "c"])
+    pipeline.fit(frame, (frame["a"] > 0).astype(int))
+    trusted = skops_trusted_types(pipeline)  # refuses types outside our allow-list
+    assert {"xgboost.core.Booster", "xgboost.sklearn.XGBClassifier"} <= set(trusted)
+    path = _save(pipeline, tmp_path / "model", skops_trusted_types=trusted)
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    loaded = load_sklearn_model(path, "Model 'm' version 4")
+    np.testing.assert_array_equal(loaded.predict_proba(frame), pipeline.predict_proba(frame))
 
 
 def test_pickled_model_is_refused_with_the_version_named(tmp_path: Path) -> None:

@@ -7,15 +7,20 @@ import pandas as pd
 import pytest
 from threadpoolctl import threadpool_limits
 
+from mlre.settings import get_settings
 from mlre.training import (
+    GPU_FAMILIES,
     MODEL_FAMILIES,
     PREDICTION_COLUMN,
     TrainingConfig,
     TrainingError,
+    best_trial,
     build_pipeline,
+    cuda_available,
     fingerprint,
     reference_frame,
     reference_schema,
+    resolve_device,
     split_by_time,
     train,
 )
@@ -98,7 +103,9 @@ def test_each_family_fits_tiny_data_and_ignores_unknown_categories(family: str) 
     assert proba.shape == (5, 2)
     assert np.allclose(proba.sum(axis=1), 1.0)
     # Unweighted: the validation threshold handles imbalance; weights would skew probabilities.
-    assert pipeline.named_steps["model"].get_params()["class_weight"] is None
+    params = pipeline.named_steps["model"].get_params()
+    assert params.get("class_weight") is None
+    assert params.get("scale_pos_weight") is None
 
 
 @pytest.mark.parametrize(
@@ -107,6 +114,7 @@ def test_each_family_fits_tiny_data_and_ignores_unknown_categories(family: str) 
         ("logistic_regression", ["impute", "scale"]),
         ("random_forest", ["impute"]),
         ("hist_gradient_boosting", None),  # NaN-aware: numeric columns pass through
+        ("xgboost", None),
     ],
 )
 def test_numeric_preprocessing_per_family(family: str, steps: list[str] | None) -> None:
@@ -117,7 +125,7 @@ def test_numeric_preprocessing_per_family(family: str, steps: list[str] | None) 
 
 def test_unknown_family_is_a_training_error() -> None:
     with pytest.raises(TrainingError, match="logistic_regression"):
-        build_pipeline("xgboost", ["x"], [], seed=0)
+        build_pipeline("catboost", ["x"], [], seed=0)
 
 
 @pytest.mark.parametrize("search", [False, True])
@@ -132,13 +140,80 @@ def test_train_picks_threshold_on_validation(search: bool) -> None:
     assert ("search_best_validation_pr_auc" in trained.params) is search
 
 
+def test_xgboost_search_trains_each_trial_on_prepared_data_and_keeps_the_best() -> None:
+    config = TrainingConfig(model_family="xgboost", search=True, search_iterations=4, device="cpu")
+    split = split_by_time(_frame(days=15, per_day=60), config)
+    trained = train(split, config)
+    assert len(trained.trials) == 4
+    assert len({str(t.params) for t in trained.trials}) == 4  # distinct candidates
+    best = best_trial(trained.trials)
+    assert trained.params["search_best_validation_pr_auc"] == best.validation_pr_auc
+    model = trained.pipeline.named_steps["model"]
+    for name, value in best.params.items():  # the refit uses the best candidate's parameters
+        assert model.get_params()[name.removeprefix("model__")] == value
+    assert trained.validation_metrics["roc_auc"] > 0.8
+    assert trained.device == "cpu"
+
+
+def test_device_auto_trains_xgboost_on_the_cpu_without_a_gpu_and_records_it() -> None:
+    if cuda_available():
+        pytest.skip("this machine has a usable CUDA GPU; auto would pick it")
+    config = TrainingConfig(model_family="xgboost", device="auto")
+    trained = train(split_by_time(_frame(days=15, per_day=60), config), config)
+    assert trained.device == "cpu"
+    assert trained.pipeline.named_steps["model"].get_params()["device"] == "cpu"
+
+
+def test_device_cuda_without_a_gpu_fails_naming_the_node_and_pool(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if cuda_available():
+        pytest.skip("this machine has a usable CUDA GPU")
+    monkeypatch.setenv("MLRE_NODE_NAME", "ip-10-0-3-7.ec2.internal")
+    monkeypatch.setenv("MLRE_WORK_POOL", "k8s-gpu")
+    get_settings.cache_clear()
+    config = TrainingConfig(model_family="xgboost", device="cuda")
+    try:
+        with pytest.raises(TrainingError) as error:
+            train(split_by_time(_frame(days=15, per_day=60), config), config)
+    finally:
+        get_settings.cache_clear()
+    message = str(error.value)
+    assert "'ip-10-0-3-7.ec2.internal'" in message
+    assert "'k8s-gpu'" in message
+    assert "device='cuda'" in message
+
+
+@pytest.mark.parametrize(
+    ("family", "requested", "gpu", "expected"),
+    [
+        ("xgboost", "auto", True, "cuda"),
+        ("xgboost", "auto", False, "cpu"),
+        ("xgboost", "cpu", True, "cpu"),
+        ("xgboost", "cuda", True, "cuda"),
+        ("hist_gradient_boosting", "auto", True, "cpu"),  # cannot use it: never sent there
+        ("random_forest", "cpu", False, "cpu"),
+    ],
+)
+def test_resolve_device(family: str, requested: str, gpu: bool, expected: str) -> None:
+    assert resolve_device(family, requested, gpu=gpu) == expected
+    assert (family in GPU_FAMILIES) is (family == "xgboost")
+
+
+def test_a_cpu_family_on_cuda_is_refused_naming_the_gpu_families() -> None:
+    with pytest.raises(TrainingError, match=r"'random_forest' cannot train on a GPU.*xgboost"):
+        resolve_device("random_forest", "cuda", gpu=True)
+
+
 def test_config_is_frozen_and_search_is_bounded() -> None:
     with pytest.raises(ValueError, match="frozen"):
         TrainingConfig().seed = 3  # type: ignore[misc]
     with pytest.raises(ValueError, match="search_iterations"):
         TrainingConfig(search_iterations=500)
     with pytest.raises(ValueError, match="model_family"):
-        TrainingConfig(model_family="xgboost")  # type: ignore[arg-type]
+        TrainingConfig(model_family="catboost")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="device"):
+        TrainingConfig(device="tpu")  # type: ignore[arg-type]
 
 
 def test_fingerprint_is_stable_and_sensitive() -> None:
