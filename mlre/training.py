@@ -451,20 +451,33 @@ SEARCH_SPACES: dict[str, dict[str, list[Any]]] = {
 # --------------------------------------------------------------------------------------------
 
 
+def booster_device(booster: Any) -> str:
+    """The device a trained XGBoost booster really used ("cpu", "cuda:0", ...). XGBoost does not
+    fail when device='cuda' finds no GPU: it warns and trains on the CPU, so only this tells."""
+    config = json.loads(booster.save_config())
+    return str(config["learner"]["generic_param"]["device"])
+
+
 @lru_cache(maxsize=1)
 def cuda_available() -> bool:
-    """Whether XGBoost can train on a CUDA device here: a CUDA build, and a tiny fit that works
-    (a driver, a visible GPU). Cached: the answer does not change within a process."""
+    """Whether XGBoost can train on a CUDA device here: a CUDA build, and a tiny fit that really
+    ran on the device. Cached: the answer does not change within a process."""
+    import warnings
+
     import xgboost
 
     if not xgboost.build_info().get("USE_CUDA", False):
         return False
     try:
         probe = xgboost.DMatrix(np.array([[0.0], [1.0]]), label=np.array([0.0, 1.0]))
-        xgboost.train({"device": "cuda", "tree_method": "hist"}, probe, num_boost_round=1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the "no visible GPU" fallback warning
+            booster = xgboost.train(
+                {"device": "cuda", "tree_method": "hist"}, probe, num_boost_round=1
+            )
     except xgboost.core.XGBoostError:
         return False
-    return True
+    return booster_device(booster).startswith("cuda")
 
 
 def _where() -> str:
@@ -658,6 +671,12 @@ def train(split: Split, config: TrainingConfig | None = None) -> TrainedModel:
     with threadpool_limits(limits=config.threads):
         pipeline.fit(split.train[split.features], y_train)
     if device != "cpu":
+        used = booster_device(pipeline.named_steps["model"].get_booster())
+        if not used.startswith("cuda"):  # the GPU went away between the probe and the fit
+            raise TrainingError(
+                f"The fit was asked for {device} but XGBoost ran it on {used!r} on {_where()}; "
+                "check the node's GPU (nvidia-smi) and re-run."
+            )
         # Serving and batch pods have no GPU: the saved model scores on the CPU.
         pipeline.set_params(model__device="cpu")
     y_val = split.validation[config.label_column].astype(int)

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from threadpoolctl import threadpool_limits
 
+from mlre import training
 from mlre.settings import get_settings
 from mlre.training import (
     GPU_FAMILIES,
@@ -182,6 +183,14 @@ def test_device_cuda_without_a_gpu_fails_naming_the_node_and_pool(
     assert "'ip-10-0-3-7.ec2.internal'" in message
     assert "'k8s-gpu'" in message
     assert "device='cuda'" in message
+
+
+def test_a_fit_xgboost_quietly_moved_to_the_cpu_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """XGBoost only warns when device='cuda' finds no GPU; the fit's real device is read back."""
+    monkeypatch.setattr(training, "cuda_available", lambda: True)  # a probe that said yes
+    config = TrainingConfig(model_family="xgboost", device="cuda")
+    with pytest.raises(TrainingError, match=r"asked for cuda but XGBoost ran it on 'cpu'"):
+        train(split_by_time(_frame(days=15, per_day=60), config), config)
 
 
 @pytest.mark.parametrize(
