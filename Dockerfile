@@ -1,15 +1,23 @@
 # syntax=docker/dockerfile:1
 # The flows image for the k8s-cpu and k8s-gpu work pools: the locked runtime packages, the flows,
 # the core package and the feature repo; no compiler, no tests, no infra code. From the repo root:
-#   docker build -t "$MLRE_IMAGE_REPO:$(git rev-parse --short HEAD)" .
+#   TAG=$(git rev-parse --short HEAD)
+#   docker build -t "$MLRE_IMAGE_REPO:$TAG" .
+#   docker build --build-arg XGBOOST_WHEEL=xgboost -t "$MLRE_IMAGE_REPO:$TAG-gpu" .
+# The first is the CPU image (xgboost-cpu, as in the lock); the second the GPU image for the
+# k8s-gpu pool, whose xgboost is the CUDA build (see XGBOOST_WHEEL below).
 #
 # The base is pinned to a full patch version so a rebuild gets the same Python. Tags move when
 # Debian patches land, so for reproducible, tamper-evident builds also pin the digest once it can
 # be resolved (`docker buildx imagetools inspect python:3.11.14-slim-bookworm`), in BOTH stages:
 #   FROM python:3.11.14-slim-bookworm@sha256:<digest>
 # Both stages must use the same base: the venv's interpreter is a symlink to /usr/local/bin/python.
-# CUDA comes from the wheels (torch etc. would bring their own) and the NVIDIA device plugin on the
-# node; the GPU pool needs no CUDA base image for the sklearn models trained today.
+# No CUDA base image: on the AL2023 NVIDIA AMI nodes the driver comes from the host (the NVIDIA
+# container toolkit and device plugin mount it into GPU pods) and the CUDA user-space from the
+# wheels (xgboost's CUDA build needs only the driver, plus NCCL from nvidia-nccl-cu12).
+
+# Which distribution provides the `xgboost` module (one default for both stages, see below).
+ARG XGBOOST_WHEEL=xgboost-cpu
 
 FROM python:3.11.14-slim-bookworm AS builder
 
@@ -34,12 +42,32 @@ COPY cli/ cli/
 # Wheels only: the slim base has no compiler, and an sdist build would be an unlocked toolchain.
 RUN pip install --no-cache-dir --no-build-isolation --only-binary=:all: -c constraints.txt .
 
-# Fail the build, not a scheduled run hours later, when a flow cannot import in this venv.
+# Which distribution provides the `xgboost` module. Both do, from the same files: never install
+# both. Used only after the install above, so the CPU and GPU builds share that layer.
+#   xgboost-cpu (default): CPU-only, 5.6 MB wheel, from the lock (pyproject depends on it).
+#   xgboost: the CUDA build, 131.7 MB wheel plus nvidia-nccl-cu12. Not in constraints.txt (the
+#     lock is the CPU install), so pinned here: same version as the lock's xgboost-cpu (the image
+#     test checks it), NCCL at the newest release on the index when this was written.
+# Uninstall first: installing xgboost next to xgboost-cpu and then removing xgboost-cpu would
+# delete the files both own.
+ARG XGBOOST_WHEEL
+RUN case "$XGBOOST_WHEEL" in \
+      xgboost-cpu) ;; \
+      xgboost) pip uninstall --yes xgboost-cpu \
+        && pip install --no-cache-dir --only-binary=:all: -c constraints.txt \
+          xgboost==3.2.0 nvidia-nccl-cu12==2.32.3 ;; \
+      *) echo "XGBOOST_WHEEL must be xgboost-cpu or xgboost, not '$XGBOOST_WHEEL'" >&2; exit 1 ;; \
+    esac
+
+# Fail the build, not a scheduled run hours later, when a flow cannot import in this venv or the
+# xgboost build is not the one asked for (image_check reads MLRE_XGBOOST_WHEEL).
+ENV MLRE_XGBOOST_WHEEL=$XGBOOST_WHEEL
 COPY deploy/image_check.py deploy/
 RUN python deploy/image_check.py
 
 
 FROM python:3.11.14-slim-bookworm AS runtime
+ARG XGBOOST_WHEEL
 
 # A fixed, numeric non-root uid/gid: Kubernetes can only verify runAsNonRoot for a numeric USER,
 # and the work pools' securityContext (flows/work_pools.py) runs pods as this same uid.
@@ -59,7 +87,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     MPLCONFIGDIR=/tmp/matplotlib \
     DO_NOT_TRACK=1 \
     MLFLOW_ENABLE_TELEMETRY=false \
-    FEAST_USAGE=False
+    FEAST_USAGE=False \
+    MLRE_XGBOOST_WHEEL=$XGBOOST_WHEEL
 # PYTHONPATH: `mlre` resolves to /opt/mlre (next to feature_repo/), not to the venv's copy.
 WORKDIR /opt/mlre
 

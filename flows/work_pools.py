@@ -35,6 +35,14 @@ FLOW_JOB_UID = 10001
 FINISHED_JOB_TTL_SECONDS = 3600
 GPU_LIMIT_VARIABLE = "gpu_limit"
 
+# How long the worker waits for the flow pod to start before it marks the run Crashed (Prefect's
+# default: 60 s). A GPU node scales from zero (~3-5 min) and then pulls the ~1 GB CUDA image, so
+# the GPU pool allows 15 minutes (Prefect issue 12071); CPU nodes are usually up, 5 minutes.
+POD_WATCH_TIMEOUT_SECONDS: dict[str, int] = {
+    k8s_labels.CPU_WORK_POOL: 300,
+    k8s_labels.GPU_WORK_POOL: 900,
+}
+
 # Sized to fit the smallest node of each pool next to its daemonsets (CPU pool: system nodes;
 # GPU pool: g5.xlarge, 4 vCPU / 16 GiB). Memory request == limit, as for the platform services:
 # no OOM kill because a neighbour burst. No CPU limit by default: throttling only slows jobs down.
@@ -125,6 +133,17 @@ def flow_pod_env() -> dict[str, str]:
     return Settings.model_construct().flow_run_env()
 
 
+def pod_identity_env(pool: str) -> list[dict[str, Any]]:
+    """Container env entries naming the node (downward API) and the work pool of a flow pod."""
+    return [
+        {
+            "name": k8s_labels.NODE_NAME_ENV,
+            "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "spec.nodeName"}},
+        },
+        {"name": k8s_labels.WORK_POOL_ENV, "value": pool},
+    ]
+
+
 def _add_variables(template: dict[str, Any], pool: str) -> None:
     """Defaults for identity, cleanup, sizing and env; the GPU count as a variable of its own."""
     variables = template["variables"]
@@ -134,6 +153,7 @@ def _add_variables(template: dict[str, Any], pool: str) -> None:
     # The IRSA-annotated account: flow jobs reach S3 with its role, never with node credentials.
     _set_default(variables, "service_account_name", k8s_labels.FLOWS_SERVICE_ACCOUNT)
     _set_default(variables, "finished_job_ttl", FINISHED_JOB_TTL_SECONDS)
+    _set_default(variables, "pod_watch_timeout_seconds", POD_WATCH_TIMEOUT_SECONDS[pool])
     for name, value in POOL_RESOURCES[pool].items():
         _set_default(variables, name, value)
     if pool == k8s_labels.GPU_WORK_POOL:
@@ -147,6 +167,10 @@ def _place_pods(template: dict[str, Any], pool: str) -> None:
     pod_spec["securityContext"] = pod_security_context()
     container = pod_spec["containers"][0]
     container["securityContext"] = container_security_context()
+    # A list, not the `{{ env }}` dict: a downward-API entry needs `valueFrom`, which the `env`
+    # variable (name -> string) cannot hold. The worker puts the `env` variable's entries in
+    # front of this list and keeps these, so a deployment that sets `env` cannot drop them.
+    container["env"] = pod_identity_env(pool)
     if pool == k8s_labels.GPU_WORK_POOL:
         pod_spec["tolerations"] = [k8s_labels.gpu_toleration()]
         # Limit only: for extended resources Kubernetes sets the request equal to the limit.
@@ -179,6 +203,7 @@ def variable_defaults(template: dict[str, Any]) -> dict[str, Any]:
 def render_job_manifest(template: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
     """The Job manifest a worker builds from a base template and a deployment's job variables."""
     from prefect.utilities.templating import apply_values
+    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
 
     unknown = sorted(set(values) - set(template["variables"].get("properties", {})))
     if unknown:
@@ -188,11 +213,12 @@ def render_job_manifest(template: dict[str, Any], values: dict[str, Any]) -> dic
             f"{', '.join(sorted(template['variables']['properties']))}."
         )
     merged = {**variable_defaults(template), **values}
-    manifest = apply_values(copy.deepcopy(template["job_configuration"]["job_manifest"]), merged)
-    for container in manifest["spec"]["template"]["spec"]["containers"]:
-        if isinstance(container.get("env"), dict):  # the worker turns the dict into a list
-            container["env"] = [{"name": k, "value": v} for k, v in container["env"].items()]
-    return manifest
+    configuration = apply_values(copy.deepcopy(template["job_configuration"]), merged)
+    # The worker's own model (it validates the manifest) and its own merge of the `env`
+    # variable into the container's env list, as `prepare_for_flow_run` does for each run.
+    job = KubernetesWorkerJobConfiguration(**configuration)
+    job._populate_env_in_manifest()
+    return job.job_manifest
 
 
 def api_server_view(manifest: dict[str, Any]) -> dict[str, Any]:

@@ -30,6 +30,11 @@ FLOWS_NAMESPACE = "mlre-flows"
 SERVING_SCRAPE_JOB = "mlre-serving"
 FLOWS_SERVICE_ACCOUNT = "mlre-flows"
 
+# Set on every flow pod by the work pools' job templates (flows/work_pools.py) and read through
+# Settings (`node_name`, `work_pool`): a flow run can name the node and pool it landed on.
+NODE_NAME_ENV = "MLRE_NODE_NAME"
+WORK_POOL_ENV = "MLRE_WORK_POOL"
+
 
 def gpu_node_selector() -> dict[str, str]:
     """nodeSelector that lands a pod on a GPU pool node."""

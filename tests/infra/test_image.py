@@ -22,6 +22,8 @@ DOCKERFILE = ROOT / "Dockerfile"
 HADOLINT = Path(sys.executable).parent / "hadolint"
 BUILD_TOOLS = ("gcc", "g++", "build-essential", "make", "clang", "cc")
 LOCK_FLAGS = {"-c", "--constraint", "-r", "--requirement"}
+IMAGE_CHECK = ROOT / "deploy" / "image_check.py"
+XGBOOST_ARG = "XGBOOST_WHEEL"
 
 
 @dataclass
@@ -229,8 +231,10 @@ def test_image_check_imports_every_flow_module(tmp_path: Path) -> None:
         "MPLCONFIGDIR": str(home / "matplotlib"),
         "PREFECT_SERVER_EPHEMERAL_ENABLED": "false",
     }
+    # As the Dockerfile runs it in the CPU image (this venv has the lock's xgboost-cpu).
+    env["MLRE_XGBOOST_WHEEL"] = "xgboost-cpu"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "deploy" / "image_check.py")],
+        [sys.executable, str(IMAGE_CHECK)],
         capture_output=True,
         text=True,
         env=env,
@@ -239,6 +243,7 @@ def test_image_check_imports_every_flow_module(tmp_path: Path) -> None:
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-4000:]
+    assert "xgboost from xgboost-cpu, built without CUDA" in result.stdout
     expected = sorted(
         f"flows.{p.stem}" for p in (ROOT / "flows").glob("*.py") if p.stem != "__init__"
     )
@@ -329,3 +334,116 @@ def test_dockerignore_keeps_state_and_tests_out() -> None:
         if line.strip() and not line.startswith("#")
     }
     assert {".venv", ".mlre", ".git", "tests", "bench/results", "docs"} <= ignored
+
+
+# --- (e) the CPU and the GPU image: one build arg picks the xgboost build -------------------
+
+
+def _stage(stages: list[Stage], name: str) -> Stage:
+    (stage,) = [s for s in stages if s.name == name]
+    return stage
+
+
+def _swap_run(stage: Stage) -> str:
+    """The builder's RUN that acts on the build arg."""
+    (run,) = [run for run in stage.args_of("RUN") if f"${XGBOOST_ARG}" in run]
+    return run
+
+
+def test_build_arg_defaults_to_the_cpu_wheel_in_both_stages(stages: list[Stage]) -> None:
+    before_first_from = DOCKERFILE.read_text().split("\nFROM ", 1)[0]
+    # One default for both stages: a global ARG, redeclared (without a value) in each stage.
+    assert re.search(rf"^ARG {XGBOOST_ARG}=xgboost-cpu$", before_first_from, re.MULTILINE)
+    for stage in stages:
+        assert XGBOOST_ARG in stage.args_of("ARG"), f"stage {stage.name} never declares it"
+        env = " ".join(stage.args_of("ENV"))
+        # image_check (at build time and as the image's command) knows which build to expect.
+        assert f"MLRE_XGBOOST_WHEEL=${XGBOOST_ARG}" in env
+
+
+def test_builder_swaps_the_wheel_after_the_install_and_before_the_check(
+    stages: list[Stage],
+) -> None:
+    builder = stages[0]
+    order = [(kw, args) for kw, args in builder.instructions if kw in {"ARG", "RUN"}]
+    runs = [args for kw, args in order if kw == "RUN"]
+    install = next(
+        i for i, run in enumerate(runs) if any("." in requirements_in(a) for a in pip_installs(run))
+    )
+    swap = runs.index(_swap_run(builder))
+    check = runs.index("python deploy/image_check.py")
+    assert install < swap < check
+    # The arg is declared after the big install, so both images share its cached layer.
+    arg_at = order.index(("ARG", XGBOOST_ARG))
+    assert order.index(("RUN", runs[install])) < arg_at < order.index(("RUN", runs[swap]))
+
+
+def test_cuda_build_is_pinned_to_the_locked_version(stages: list[Stage]) -> None:
+    pins = locked_versions()
+    assert "xgboost" not in pins, "the lock is the CPU install: xgboost (CUDA) must not be in it"
+    (args,) = pip_installs(_swap_run(stages[0]))
+    requirements = {Requirement(r).name: r for r in requirements_in(args)}
+    assert set(requirements) == {"xgboost", "nvidia-nccl-cu12"}
+    # The GPU image trains with the same XGBoost release as the CPU image and `make test`.
+    assert requirements["xgboost"] == f"xgboost=={pins['xgboost-cpu']}"
+    assert "--only-binary=:all:" in args
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {normalise(Requirement(d).name) for d in dependencies}
+    assert "xgboost-cpu" in names
+    assert "xgboost" not in names, "pyproject must never pull both xgboost distributions"
+
+
+def _run_swap(run: str, wheel: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, list]:
+    """The swap's shell with a stub `pip` that logs its arguments instead of installing."""
+    log = tmp_path / f"pip-{wheel}.log"
+    stub = tmp_path / "bin" / "pip"
+    stub.parent.mkdir(exist_ok=True)
+    stub.write_text(f'#!/bin/sh\necho "$*" >> {shlex.quote(str(log))}\n')
+    stub.chmod(0o755)
+    result = subprocess.run(
+        ["/bin/sh", "-c", run],
+        env={"PATH": f"{stub.parent}:/usr/bin:/bin", XGBOOST_ARG: wheel},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    calls = log.read_text().splitlines() if log.exists() else []
+    return result, calls
+
+
+def test_swap_shell_per_build_arg_value(stages: list[Stage], tmp_path: Path) -> None:
+    run = _swap_run(stages[0])
+    result, calls = _run_swap(run, "xgboost-cpu", tmp_path)
+    assert result.returncode == 0
+    assert calls == [], "the CPU image keeps the locked xgboost-cpu untouched"
+
+    result, calls = _run_swap(run, "xgboost", tmp_path)
+    assert result.returncode == 0, result.stderr
+    # Uninstall first: both distributions own xgboost/; removing xgboost-cpu after installing
+    # xgboost would delete the CUDA build's files.
+    assert calls[0] == "uninstall --yes xgboost-cpu"
+    assert calls[1].startswith("install ")
+    assert "xgboost==" in calls[1]
+    assert len(calls) == 2
+
+    result, calls = _run_swap(run, "xgboost-gpu", tmp_path)
+    assert result.returncode != 0
+    assert "xgboost-gpu" in result.stderr
+    assert calls == []
+
+
+def test_image_check_refuses_the_wrong_xgboost_build() -> None:
+    import runpy
+
+    check = runpy.run_path(str(IMAGE_CHECK))
+    # This venv holds the lock's CPU-only build, as the CPU image does.
+    assert check["xgboost_problems"]("xgboost-cpu") == []
+    problems = "\n".join(check["xgboost_problems"]("xgboost"))
+    assert "found ['xgboost-cpu']" in problems
+    assert "USE_CUDA=False" in problems
+    assert "'cuda'" not in problems
+    (unknown,) = check["xgboost_problems"]("xgboost-gpu")
+    assert "MLRE_XGBOOST_WHEEL='xgboost-gpu'" in unknown
+    assert check["check_xgboost"]("xgboost") == 1
+    assert check["check_xgboost"](None) == 0  # outside an image build nothing is expected

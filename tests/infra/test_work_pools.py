@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
+from prefect.client.schemas.objects import FlowRun
 from prefect.server.schemas.actions import WorkPoolCreate
 from prefect.utilities.schema_tools import ValidationError, is_valid_schema, validate
 from prefect.utilities.templating import apply_values
@@ -35,6 +37,20 @@ def _pod_spec(manifest: dict[str, Any]) -> dict[str, Any]:
 def _container(manifest: dict[str, Any]) -> dict[str, Any]:
     (container,) = _pod_spec(manifest)["containers"]
     return container
+
+
+def _env(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The container's env entries by name; fails on a duplicate name (ambiguous for kubelet)."""
+    entries = _container(manifest)["env"]
+    names = [e["name"] for e in entries]
+    assert len(names) == len(set(names)), f"duplicate env names: {names}"
+    return {e["name"]: e for e in entries}
+
+
+def _worker_configuration(template: dict[str, Any], values: dict[str, Any]) -> Any:
+    """The worker's job configuration for a deployment's values, as the worker builds it."""
+    merged = {**work_pools.variable_defaults(template), **values}
+    return KubernetesWorkerJobConfiguration(**apply_values(template["job_configuration"], merged))
 
 
 @pytest.fixture(scope="module")
@@ -243,6 +259,104 @@ def test_flow_job_uid_is_the_images_user() -> None:
 
 @pytest.mark.parametrize("job", ["gpu_job", "cpu_job"])
 def test_flow_pods_heartbeat_for_zombie_detection(job: str, request: pytest.FixtureRequest) -> None:
-    env = {e["name"]: e["value"] for e in _container(request.getfixturevalue(job))["env"]}
+    env = _env(request.getfixturevalue(job))
     # The zombie automation counts missed heartbeats of this period (flows.automations).
-    assert env[HEARTBEAT_ENV] == str(Settings.model_fields["flow_heartbeat_s"].default)
+    assert env[HEARTBEAT_ENV]["value"] == str(Settings.model_fields["flow_heartbeat_s"].default)
+
+
+# --- GPU-aware scheduling: what a run on each pool gets -------------------------------------
+
+
+def test_gpu_job_is_scheduled_onto_a_gpu_node(
+    gpu_job: dict[str, Any], templates: dict[str, dict[str, Any]]
+) -> None:
+    pod, container = _pod_spec(gpu_job), _container(gpu_job)
+    assert container["resources"]["limits"][k8s_labels.GPU_RESOURCE] == GPU_VALUES["gpu_limit"]
+    assert k8s_labels.gpu_toleration() in pod["tolerations"]
+    assert pod["nodeSelector"] == k8s_labels.gpu_node_selector()
+    configuration = _worker_configuration(templates[k8s_labels.GPU_WORK_POOL], GPU_VALUES)
+    # Scale-from-zero node plus the CUDA image pull: Prefect's 60 s would mark the run Crashed.
+    assert configuration.pod_watch_timeout_seconds >= 600
+    assert (
+        configuration.pod_watch_timeout_seconds
+        == work_pools.POD_WATCH_TIMEOUT_SECONDS[k8s_labels.GPU_WORK_POOL]
+    )
+
+
+def test_cpu_job_never_asks_for_or_tolerates_a_gpu(
+    cpu_job: dict[str, Any], templates: dict[str, dict[str, Any]]
+) -> None:
+    pod, resources = _pod_spec(cpu_job), _container(cpu_job)["resources"]
+    assert all(k8s_labels.GPU_RESOURCE not in part for part in resources.values())
+    assert not [t for t in pod.get("tolerations", []) if t["key"] == k8s_labels.GPU_TAINT_KEY]
+    assert pod["nodeSelector"] != k8s_labels.gpu_node_selector()
+    configuration = _worker_configuration(templates[k8s_labels.CPU_WORK_POOL], {})
+    assert 60 < configuration.pod_watch_timeout_seconds < 900
+
+
+def test_pod_watch_timeout_uses_prefects_own_variable(
+    templates: dict[str, dict[str, Any]],
+) -> None:
+    default = work_pools.default_base_job_template()["variables"]["properties"]
+    for pool, template in templates.items():
+        spec = template["variables"]["properties"]["pod_watch_timeout_seconds"]
+        assert spec == {**default["pod_watch_timeout_seconds"], "default": spec["default"]}
+        assert spec["default"] == work_pools.POD_WATCH_TIMEOUT_SECONDS[pool]
+    # A deployment can still lengthen it (e.g. a larger image).
+    config = _worker_configuration(
+        templates[k8s_labels.GPU_WORK_POOL], {"pod_watch_timeout_seconds": 1800}
+    )
+    assert config.pod_watch_timeout_seconds == 1800
+
+
+@pytest.mark.parametrize("pool", work_pools.KUBERNETES_POOLS)
+def test_flow_pods_name_their_node_and_pool(
+    pool: str, templates: dict[str, dict[str, Any]]
+) -> None:
+    env = _env(work_pools.render_job_manifest(templates[pool], {"image": GPU_VALUES["image"]}))
+    node = env[k8s_labels.NODE_NAME_ENV]
+    # The downward API: the kubelet fills in the node the pod was scheduled onto.
+    assert node == {
+        "name": k8s_labels.NODE_NAME_ENV,
+        "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "spec.nodeName"}},
+    }
+    assert env[k8s_labels.WORK_POOL_ENV] == {"name": k8s_labels.WORK_POOL_ENV, "value": pool}
+
+
+def test_a_deployments_env_keeps_node_and_pool(templates: dict[str, dict[str, Any]]) -> None:
+    template = templates[k8s_labels.GPU_WORK_POOL]
+    values = {"env": {"EXTRA": "1", k8s_labels.WORK_POOL_ENV: "override"}}
+    env = _env(work_pools.render_job_manifest(template, values))
+    assert env["EXTRA"]["value"] == "1"
+    assert "valueFrom" in env[k8s_labels.NODE_NAME_ENV]
+    # Same name: the deployment's value wins, once (no duplicate entry).
+    assert env[k8s_labels.WORK_POOL_ENV]["value"] == "override"
+
+
+def test_the_workers_flow_run_preparation_keeps_the_downward_api_entry(
+    templates: dict[str, dict[str, Any]],
+) -> None:
+    template = templates[k8s_labels.GPU_WORK_POOL]
+    configuration = _worker_configuration(template, GPU_VALUES)
+    flow_run = FlowRun(flow_id=uuid.uuid4(), name="gpu-smoke")
+    # Exactly what the worker runs before it submits a flow run's Job.
+    configuration.prepare_for_flow_run(flow_run)
+    manifest = configuration.job_manifest
+    env = _env(manifest)
+    assert "valueFrom" in env[k8s_labels.NODE_NAME_ENV]
+    assert env[k8s_labels.WORK_POOL_ENV]["value"] == k8s_labels.GPU_WORK_POOL
+    assert env["PREFECT__FLOW_RUN_ID"]["value"] == str(flow_run.id)
+    assert HEARTBEAT_ENV in env
+    kubernetes_validate.validate(work_pools.api_server_view(manifest), K8S_VERSION, strict=True)
+
+
+def test_settings_and_training_read_the_env_the_pods_get(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlre import training
+
+    monkeypatch.setenv(k8s_labels.NODE_NAME_ENV, "ip-10-0-3-7.ec2.internal")
+    monkeypatch.setenv(k8s_labels.WORK_POOL_ENV, k8s_labels.GPU_WORK_POOL)
+    settings = Settings()
+    assert settings.node_name == "ip-10-0-3-7.ec2.internal"
+    assert settings.work_pool == k8s_labels.GPU_WORK_POOL
+    # The "device=cuda but no GPU" error names the node through the same variable.
+    assert training.NODE_NAME_ENV == k8s_labels.NODE_NAME_ENV
