@@ -64,7 +64,7 @@ status:
 
 # Test order is fixed here (pytest-randomly off); `make test-repeat` shuffles it on purpose.
 test: install lint browser monitoring  ## the full test suite (unit, integration, infra, e2e, bad-input corpus)
-	$(BIN)/pytest -p no:randomly $(PYTEST_TIERS) -m "not long"
+	$(BIN)/pytest -p no:randomly $(PYTEST_TIERS) -m "not long" --durations=25
 
 test-long: install  ## the minutes-long fault tests: worker SIGKILL and a $(CI_SOAK_SECONDS) s soak
 	MLRE_SOAK_SECONDS=$(CI_SOAK_SECONDS) $(BIN)/pytest -p no:randomly tests -m long
