@@ -7,11 +7,11 @@
 # The first is the CPU image (xgboost-cpu, as in the lock); the second the GPU image for the
 # k8s-gpu pool, whose xgboost is the CUDA build (see XGBOOST_WHEEL below).
 #
-# The base is pinned to a full patch version so a rebuild gets the same Python. Tags move when
-# Debian patches land, so for reproducible, tamper-evident builds also pin the digest once it can
-# be resolved (`docker buildx imagetools inspect python:3.11.14-slim-bookworm`), in BOTH stages:
-#   FROM python:3.11.14-slim-bookworm@sha256:<digest>
-# Both stages must use the same base: the venv's interpreter is a symlink to /usr/local/bin/python.
+# The base is pinned by digest (the tag is kept for humans): a tag moves when Debian patches land,
+# the digest names exactly the bytes we built and tested on. It is the multi-arch index digest of
+# the tag, so each platform still gets its own image. To move to a newer base, resolve the new
+# tag's digest (`docker buildx imagetools inspect python:<tag>` or `crane digest python:<tag>`) and
+# change BOTH stages: the venv's interpreter is a symlink to /usr/local/bin/python.
 # No CUDA base image: on the AL2023 NVIDIA AMI nodes the driver comes from the host (the NVIDIA
 # container toolkit and device plugin mount it into GPU pods) and the CUDA user-space from the
 # wheels (xgboost's CUDA build needs only the driver, plus NCCL from nvidia-nccl-cu12).
@@ -19,7 +19,7 @@
 # Which distribution provides the `xgboost` module (one default for both stages, see below).
 ARG XGBOOST_WHEEL=xgboost-cpu
 
-FROM python:3.11.14-slim-bookworm AS builder
+FROM python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d AS builder
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -66,7 +66,7 @@ COPY deploy/image_check.py deploy/
 RUN python deploy/image_check.py
 
 
-FROM python:3.11.14-slim-bookworm AS runtime
+FROM python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d AS runtime
 ARG XGBOOST_WHEEL
 
 # A fixed, numeric non-root uid/gid: Kubernetes can only verify runAsNonRoot for a numeric USER,

@@ -10,6 +10,7 @@ to forbid for cost control.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import pulumi
@@ -27,6 +28,8 @@ AUTOSCALER_SA = "cluster-autoscaler"
 EBS_CSI_SA = "ebs-csi-controller-sa"
 EBS_CSI_POLICY = "service-role/AmazonEBSCSIDriverPolicy"
 STORAGE_CLASS = "gp3-encrypted"
+# vpc-cni add-on settings: the node agent enforces NetworkPolicies (infra/network_policies.py).
+VPC_CNI_CONFIG = {"enableNetworkPolicy": "true"}
 # The DCGM exporter's Service (release = chart name, so fullname = "dcgm-exporter"): the
 # monitoring component's ServiceMonitor selects it by these.
 DCGM_SERVICE_LABELS = {
@@ -169,6 +172,17 @@ class ClusterAddons(pulumi.ComponentResource):
             node_label=True,
         )
         self.ebs_csi_role = self._ebs_csi_driver(name, cluster_name, access, partition)
+        # The VPC CNI that EKS installs, taken over as a managed add-on to switch on its
+        # network-policy agent: without it every NetworkPolicy is accepted and ignored.
+        aws.eks.Addon(
+            f"{name}-vpc-cni",
+            cluster_name=cluster_name,
+            addon_name="vpc-cni",
+            configuration_values=json.dumps(VPC_CNI_CONFIG),
+            resolve_conflicts_on_create="OVERWRITE",
+            resolve_conflicts_on_update="PRESERVE",
+            opts=pulumi.ResourceOptions(parent=self),
+        )
         # Volumes are encrypted (AWS-managed EBS key, like the node root volumes) and created in
         # the zone of the pod that first mounts them.
         storage_class = k8s.storage.v1.StorageClass(

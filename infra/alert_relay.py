@@ -93,9 +93,7 @@ class AlertRelay(pulumi.ComponentResource):
             pod_fields={"automount_service_account_token": False},
             opts=k8s_opts,
         )
-        self.url = http_service(
-            name, app=APP, namespace=namespace, public=False, port=PORT, opts=k8s_opts
-        )
+        self.url = http_service(name, app=APP, namespace=namespace, port=PORT, opts=k8s_opts)
         # What the monitoring component's ServiceMonitor selects: http_service's labels and port.
         self.metrics = ScrapeTarget(
             name=APP, namespace=namespace, labels=app_labels(APP), port="http"

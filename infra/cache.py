@@ -56,6 +56,8 @@ class Cache(pulumi.ComponentResource):
             at_rest_encryption_enabled=True,
             transit_encryption_enabled=True,
             auth_token=self.auth_token.result,
+            # A new token is accepted alongside the old one while the clients' pods roll.
+            auth_token_update_strategy="ROTATE",
             snapshot_retention_limit=1,
             apply_immediately=True,
             opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["authToken"]),

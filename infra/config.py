@@ -5,10 +5,13 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import pulumi
 
 CAPACITY_TYPES = ("ON_DEMAND", "SPOT")
+REPO_ROOT = Path(__file__).resolve().parent.parent  # relative file keys are relative to this
+RDS_CA_URL = "https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem"
 
 
 class InfraConfigError(ValueError):
@@ -69,6 +72,21 @@ class DataConfig:
     redis_node_type: str
     redis_engine_version: str
     redis_num_cache_clusters: int
+    rds_ca_bundle: str  # PEM text of mlre:rdsCaBundleFile: clients verify RDS against it
+    postgres_client_image: str  # psql of the one-shot roles Job
+
+
+@dataclass(frozen=True)
+class PublicExposure:
+    """MLflow and Feast behind internet-facing load balancers: TLS only, from listed CIDRs."""
+
+    domain: str  # MLflow answers at mlflow.<domain>, Feast at feast.<domain>
+    certificate_arn: str  # an ACM certificate covering both names
+    source_cidrs: tuple[str, ...]
+
+    def hostname(self, app: str) -> str:
+        """The public DNS name of one app."""
+        return f"{app}.{self.domain}"
 
 
 @dataclass(frozen=True)
@@ -76,7 +94,7 @@ class ServicesConfig:
     """Workloads on the cluster and how they are reached."""
 
     platform_namespace: str
-    expose_services_publicly: bool
+    public: PublicExposure | None  # None: ClusterIP only (VPN / port-forward)
     mlflow_image: str
     mlflow_replicas: int
     feast_image: str
@@ -237,7 +255,28 @@ def _data(cfg: pulumi.Config) -> DataConfig:
         redis_node_type=cfg.require("redisNodeType"),
         redis_engine_version=cfg.require("redisEngineVersion"),
         redis_num_cache_clusters=cfg.require_int("redisNumCacheClusters"),
+        rds_ca_bundle=_rds_ca_bundle(cfg.require("rdsCaBundleFile")),
+        postgres_client_image=pinned_image(
+            cfg.require("postgresClientImage"), "postgresClientImage"
+        ),
     )
+
+
+def _rds_ca_bundle(file: str) -> str:
+    """The RDS CA bundle's PEM text, read at program time (relative paths: from the repo)."""
+    path = Path(file) if Path(file).is_absolute() else REPO_ROOT / file
+    fetch = f"curl -fsSLo {file} {RDS_CA_URL}"
+    if not path.is_file():
+        raise InfraConfigError(
+            f"mlre:rdsCaBundleFile is {file!r}, which does not exist; fetch the RDS CA bundle "
+            f"with `{fetch}` (or point the key at your copy)"
+        )
+    text = path.read_text()
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise InfraConfigError(
+            f"mlre:rdsCaBundleFile {file!r} holds no PEM certificate; fetch it with `{fetch}`"
+        )
+    return text
 
 
 def _serving_bounds(cfg: pulumi.Config) -> tuple[int, int, int]:
@@ -258,25 +297,95 @@ def _serving_bounds(cfg: pulumi.Config) -> tuple[int, int, int]:
     return low, high, target
 
 
+_ACM_ARN = re.compile(r"arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[0-9a-f-]+")
+_DOMAIN = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
+
+
+def _public_exposure(cfg: pulumi.Config) -> PublicExposure | None:
+    """The public-exposure keys, checked together: no plain HTTP, no open source range."""
+    if not cfg.require_bool("exposeServicesPublicly"):
+        return None
+    domain, certificate_arn = cfg.require("publicDomain"), cfg.require("publicCertificateArn")
+    cidrs = _cidrs(cfg, "publicSourceCidrs")
+    if not _DOMAIN.fullmatch(domain):
+        raise InfraConfigError(
+            f"mlre:exposeServicesPublicly is on but mlre:publicDomain is {domain!r}; set the DNS "
+            "domain MLflow and Feast are published under (mlflow.<domain>, feast.<domain>)"
+        )
+    if not _ACM_ARN.fullmatch(certificate_arn):
+        raise InfraConfigError(
+            f"mlre:exposeServicesPublicly is on but mlre:publicCertificateArn is "
+            f"{certificate_arn!r}; the load balancers terminate TLS only: request an ACM "
+            f"certificate for mlflow.{domain} and feast.{domain} and set its ARN"
+        )
+    if not cidrs or any(ipaddress.ip_network(c).prefixlen == 0 for c in cidrs):
+        raise InfraConfigError(
+            "mlre:exposeServicesPublicly is on: list the client CIDRs that may reach the load "
+            "balancers in mlre:publicSourceCidrs (never 0.0.0.0/0)"
+        )
+    return PublicExposure(domain, certificate_arn, cidrs)
+
+
+# Docker's reference grammar, narrowed to what we deploy: `[registry[:port]/]path:tag`, then the
+# digest that makes it immutable (a tag can be re-pushed; the digest names the exact bytes).
+_IMAGE_NAME = re.compile(
+    r"(?:(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+    r"(?:\.(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*(?::\d+)?/)?"
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+)
+_IMAGE_TAG = re.compile(r"\w[\w.-]{0,127}")
+_IMAGE_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def _image_problem(value: str) -> str | None:
+    """Why `value` is not `repository:tag@sha256:<64 hex>` (None when it is)."""
+    reference, _, digest = value.partition("@")
+    name, colon, tag = reference.rpartition(":")
+    if not colon or "/" in tag:  # the only ':' is a registry port, or there is none
+        name, tag = reference, ""
+    if not _IMAGE_NAME.fullmatch(name):
+        return f"{name!r} is not an image repository"
+    if not _IMAGE_TAG.fullmatch(tag):
+        return "it has no tag (keep the tag, for humans reading the config)"
+    if not digest:
+        return "it is not pinned by digest (a tag can be re-pushed)"
+    if not _IMAGE_DIGEST.fullmatch(digest):
+        return f"its digest {digest!r} is not sha256: followed by 64 lowercase hex digits"
+    return None
+
+
+def pinned_image(value: str, key: str) -> str:
+    """An image reference pinned by digest with its tag kept: `repo:tag@sha256:<64 hex>`."""
+    problem = _image_problem(value)
+    if problem:
+        tagged = value.partition("@")[0] or "<image>:<tag>"
+        raise InfraConfigError(
+            f"mlre:{key} is {value!r}: {problem}. Set it as <repository>:<tag>@sha256:<digest>; "
+            f"get the digest with `docker buildx imagetools inspect {tagged}` or "
+            f"`crane digest {tagged}`"
+        )
+    return value
+
+
 def _services(cfg: pulumi.Config) -> ServicesConfig:
     """Kubernetes services section; the Prefect API key is only ever a secret."""
     serving_min, serving_max, serving_cpu_target = _serving_bounds(cfg)
     return ServicesConfig(
         platform_namespace=cfg.require("platformNamespace"),
-        expose_services_publicly=cfg.require_bool("exposeServicesPublicly"),
-        mlflow_image=cfg.require("mlflowImage"),
+        public=_public_exposure(cfg),
+        mlflow_image=pinned_image(cfg.require("mlflowImage"), "mlflowImage"),
         mlflow_replicas=cfg.require_int("mlflowReplicas"),
-        feast_image=cfg.require("feastImage"),
+        feast_image=pinned_image(cfg.require("feastImage"), "feastImage"),
         feast_project=cfg.require("feastProject"),
         feast_min_replicas=cfg.require_int("feastMinReplicas"),
         feast_max_replicas=cfg.require_int("feastMaxReplicas"),
-        serving_image=cfg.require("servingImage"),
+        serving_image=pinned_image(cfg.require("servingImage"), "servingImage"),
         serving_min_replicas=serving_min,
         serving_max_replicas=serving_max,
         serving_cpu_target=serving_cpu_target,
         serving_cpu_request=cfg.require("servingCpuRequest"),
         serving_memory=cfg.require("servingMemory"),
-        prefect_image=cfg.require("prefectImage"),
+        prefect_image=pinned_image(cfg.require("prefectImage"), "prefectImage"),
         prefect_api_url=cfg.require("prefectApiUrl"),
         prefect_api_key=cfg.require_secret("prefectApiKey"),
     )

@@ -1,31 +1,27 @@
-"""Database: private, encrypted RDS PostgreSQL for the MLflow backend and the Feast SQL registry."""
+"""Database: private, encrypted RDS PostgreSQL for the MLflow backend and the Feast SQL registry.
+
+The master user only creates the services' roles (infra/db_roles.py, run by DatabaseRoles' Job);
+each service connects as its own role, to its own database, verifying RDS' certificate.
+"""
 
 from __future__ import annotations
-
-from urllib.parse import quote
 
 import pulumi
 import pulumi_aws as aws
 import pulumi_random as random
 
+from infra import db_roles
 from infra.config import DataConfig
 from infra.network import DataPlacement
 
-DB_NAME = "mlre"
-DB_USER = "mlre_admin"
-DB_PORT = 5432
-
-
-def sqlalchemy_url(driver: str, host: str, password: str) -> str:
-    """SQLAlchemy URL that insists on TLS to RDS."""
-    return (
-        f"postgresql+{driver}://{DB_USER}:{quote(password, safe='')}@{host}:{DB_PORT}/{DB_NAME}"
-        "?sslmode=require"
-    )
+DB_NAME = db_roles.ADMIN_DATABASE
+DB_USER = db_roles.MASTER_USER
+DB_PORT = db_roles.PORT
 
 
 class Database(pulumi.ComponentResource):
-    """RDS PostgreSQL reachable only from the cluster's security group."""
+    """RDS PostgreSQL reachable only from the cluster's security group, with a generated password
+    for the master and for each service role (`db_roles.ROLES`)."""
 
     def __init__(
         self,
@@ -39,6 +35,16 @@ class Database(pulumi.ComponentResource):
         self.password = random.RandomPassword(
             f"{name}-password", length=32, special=False, opts=child
         )
+        # Rotate one with `pulumi up --replace <its URN>`: the roles Job re-runs and ALTERs it.
+        self.role_passwords = {
+            role.name: random.RandomPassword(
+                f"{name}-{role.name.replace('_', '-')}-password",
+                length=32,
+                special=False,
+                opts=child,
+            )
+            for role in db_roles.ROLES
+        }
         placed = placement.place(
             name,
             subnet_group=aws.rds.SubnetGroup,
@@ -75,10 +81,34 @@ class Database(pulumi.ComponentResource):
         self.address = self.instance.address
         self.register_outputs({"address": self.address})
 
-    def url(self, driver: str) -> pulumi.Output[str]:
-        """Secret SQLAlchemy URL for `driver` (psycopg2 for MLflow, psycopg for Feast)."""
+    def url_for(self, role: str, driver: str) -> pulumi.Output[str]:
+        """Secret SQLAlchemy URL of a service role (`driver`: psycopg2 for MLflow, psycopg for
+        Feast) to its own database, verify-full against the mounted RDS CA bundle."""
+        service = db_roles.role_named(role)
+        return pulumi.Output.secret(
+            pulumi.Output.all(self.address, self.role_passwords[role].result).apply(
+                lambda a: db_roles.connection_url(
+                    f"postgresql+{driver}", service.name, a[1], a[0], service.database
+                )
+            )
+        )
+
+    def admin_url(self) -> pulumi.Output[str]:
+        """Secret libpq URL of the master user: for the roles Job in the db-admin namespace only."""
         return pulumi.Output.secret(
             pulumi.Output.all(self.address, self.password.result).apply(
-                lambda a: sqlalchemy_url(driver, a[0], a[1])
+                lambda a: db_roles.connection_url("postgresql", DB_USER, a[1], a[0], DB_NAME)
+            )
+        )
+
+    def role_verifiers(self) -> pulumi.Output[dict[str, str]]:
+        """Secret SCRAM verifier of each role's password, by role name (what the Job sets)."""
+        names = [role.name for role in db_roles.ROLES]
+        return pulumi.Output.secret(
+            pulumi.Output.all(*(self.role_passwords[n].result for n in names)).apply(
+                lambda pws: {
+                    n: db_roles.role_verifier(db_roles.role_named(n), pw)
+                    for n, pw in zip(names, pws, strict=True)
+                }
             )
         )

@@ -11,6 +11,7 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from infra import iam
+from infra.config import PublicExposure
 from mlre import k8s_labels
 
 IRSA_ANNOTATION = "eks.amazonaws.com/role-arn"
@@ -154,9 +155,19 @@ def namespace(
     )
 
 
-def service_type(public: bool) -> str:
-    """LoadBalancer only when a config flag says so; ClusterIP otherwise."""
-    return "LoadBalancer" if public else "ClusterIP"
+def load_balancer_annotations(public: PublicExposure, app: str) -> dict[str, str]:
+    """An internet-facing NLB (AWS Load Balancer Controller) that terminates TLS with the ACM
+    certificate and forwards plain HTTP to the pods; external-dns may publish the name."""
+    prefix = "service.beta.kubernetes.io/aws-load-balancer"
+    return {
+        f"{prefix}-type": "external",
+        f"{prefix}-nlb-target-type": "ip",
+        f"{prefix}-scheme": "internet-facing",
+        f"{prefix}-ssl-cert": public.certificate_arn,
+        f"{prefix}-ssl-ports": "https",
+        f"{prefix}-backend-protocol": "tcp",
+        "external-dns.alpha.kubernetes.io/hostname": public.hostname(app),
+    }
 
 
 def irsa_service_account(
@@ -194,29 +205,43 @@ def http_service(
     *,
     app: str,
     namespace: str,
-    public: bool,
     opts: pulumi.ResourceOptions,
+    public: PublicExposure | None = None,
     port: int = 80,
 ) -> pulumi.Output[str]:
-    """`port` in front of the app's pods' named `http` port, ClusterIP unless `public`;
-    returns the URL clients use (the load balancer's once it exists, when public)."""
+    """`port` in front of the app's pods' named `http` port, ClusterIP; returns the URL clients
+    use. With `public`, an HTTPS-only load balancer open to the configured CIDRs instead, and
+    the app's public https:// URL."""
     labels = app_labels(app)
-    service = k8s.core.v1.Service(
+    if public is None:
+        k8s.core.v1.Service(
+            f"{name}-service",
+            metadata={"name": app, "namespace": namespace, "labels": labels},
+            spec={
+                "type": "ClusterIP",
+                "selector": labels,
+                "ports": [{"name": "http", "port": port, "target_port": "http"}],
+            },
+            opts=opts,
+        )
+        return pulumi.Output.from_input(in_cluster_url(app, namespace, port))
+    k8s.core.v1.Service(
         f"{name}-service",
-        metadata={"name": app, "namespace": namespace, "labels": labels},
+        metadata={
+            "name": app,
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": load_balancer_annotations(public, app),
+        },
         spec={
-            "type": service_type(public),
+            "type": "LoadBalancer",
             "selector": labels,
-            "ports": [{"name": "http", "port": port, "target_port": "http"}],
+            "ports": [{"name": "https", "port": 443, "target_port": "http"}],
+            "load_balancer_source_ranges": list(public.source_cidrs),
         },
         opts=opts,
     )
-    if public:
-        suffix = "" if port == 80 else f":{port}"
-        return service.status.apply(
-            lambda s: f"http://{s.load_balancer.ingress[0].hostname}{suffix}"
-        )
-    return pulumi.Output.from_input(in_cluster_url(app, namespace, port))
+    return pulumi.Output.from_input(f"https://{public.hostname(app)}")
 
 
 def app_secret(
@@ -295,7 +320,7 @@ def hardened_deployment(
     lifecycle: dict | None = None,
     replicas: int | None = None,
     strategy: dict | None = None,
-    pod_annotations: dict[str, str] | None = None,
+    pod_annotations: Mapping[str, pulumi.Input[str]] | None = None,
     pod_fields: Mapping[str, object] | None = None,
 ) -> k8s.apps.v1.Deployment:
     """One-container Deployment under the restricted profile on the CPU pool."""
@@ -345,3 +370,62 @@ def hardened_deployment(
         ),
         opts=opts,
     )
+
+
+@dataclass(frozen=True)
+class ScriptJob:
+    """A one-shot Job that runs a script from a ConfigMap: what differs between such Jobs."""
+
+    app: str
+    uid: int
+    image: str
+    command: Sequence[str]
+    env: Sequence[dict]
+    script_config_map: pulumi.Input[str]
+    script_dir: str
+    memory: str
+    backoff_limit: int
+    deadline_s: int
+    ttl_s: int = 3600  # a finished Job (and its log) stays an hour
+    config_volumes: Sequence[ConfigVolume] = ()
+
+
+def script_job_spec(job: ScriptJob, container_name: str) -> dict[str, object]:
+    """JobSpec under the restricted profile on the CPU pool, no service-account token (these
+    Jobs talk to one service, never to the Kubernetes API), the script mounted read-only."""
+    container = {
+        "name": container_name,
+        "image": job.image,
+        "command": list(job.command),
+        "env": list(job.env),
+        "resources": resources("50m", job.memory),
+        "security_context": restricted_security_context(),
+        "volume_mounts": [
+            {"name": "script", "mount_path": job.script_dir, "read_only": True},
+            *(
+                {"name": v.name, "mount_path": v.mount_path, "read_only": True}
+                for v in job.config_volumes
+            ),
+            {"name": "tmp", "mount_path": TMP},
+        ],
+    }
+    return {
+        "backoff_limit": job.backoff_limit,
+        "active_deadline_seconds": job.deadline_s,
+        "ttl_seconds_after_finished": job.ttl_s,
+        "template": {
+            "metadata": {"labels": app_labels(job.app)},
+            "spec": {
+                "restart_policy": "Never",
+                "automount_service_account_token": False,
+                "node_selector": cpu_pool_selector(),
+                "security_context": pod_security_context(job.uid),
+                "containers": [container],
+                "volumes": [
+                    {"name": "script", "config_map": {"name": job.script_config_map}},
+                    *({"name": v.name, **v.source} for v in job.config_volumes),
+                    {"name": "tmp", "empty_dir": {}},
+                ],
+            },
+        },
+    }

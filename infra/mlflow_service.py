@@ -6,6 +6,8 @@ import pulumi
 import pulumi_random as random
 
 from infra import iam
+from infra.config import PublicExposure
+from infra.db_bootstrap import DatabaseAccess
 from infra.k8s import (
     ClusterAccess,
     ConfigVolume,
@@ -13,14 +15,17 @@ from infra.k8s import (
     hardened_deployment,
     http_probes,
     http_service,
+    in_cluster_url,
     irsa_service_account,
     resources,
     secret_env,
 )
+from infra.mlflow_user import MlflowAdmin
 
 APP = "mlflow"
 PORT = 5000
 AUTH_DIR = "/etc/mlflow-auth"
+ADMIN_USER = "admin"  # created by basic-auth on first start; only MLflow and MlflowUser Jobs use it
 
 
 def auth_ini(database_uri: str) -> str:
@@ -29,21 +34,22 @@ def auth_ini(database_uri: str) -> str:
         "[mlflow]\n"
         "default_permission = READ\n"
         f"database_uri = {database_uri}\n"
-        "admin_username = admin\n"
+        f"admin_username = {ADMIN_USER}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
     )
 
 
-def allowed_hosts(namespace: str, public: bool) -> str:
-    """Host headers the MLflow security middleware accepts (in-cluster DNS, port-forward)."""
-    if public:
-        return "*"  # the LB hostname is only known after creation
+def allowed_hosts(namespace: str, public: PublicExposure | None) -> str:
+    """Host headers the MLflow security middleware accepts: in-cluster DNS, port-forward and,
+    when published, its public name only (never `*`: the check stops DNS rebinding)."""
     fqdn = f"{APP}.{namespace}.svc.cluster.local"
     hosts = [fqdn, f"{fqdn}:*", f"{APP}.{namespace}", f"{APP}.{namespace}:*", "localhost:*"]
+    if public is not None:
+        hosts += [public.hostname(APP), f"{public.hostname(APP)}:*"]
     return ",".join(hosts)
 
 
-def mlflow_args(artifact_bucket: str, namespace: str, public: bool) -> list[str]:
+def mlflow_args(artifact_bucket: str, namespace: str, public: PublicExposure | None) -> list[str]:
     """`mlflow server` command line; secrets arrive through env vars, never argv."""
     return [
         "mlflow",
@@ -68,11 +74,11 @@ class MlflowService(pulumi.ComponentResource):
         namespace: str,
         image: str,
         replicas: int,
-        public: bool,
+        public: PublicExposure | None,
         artifact_bucket: pulumi.Input[str],
         artifact_bucket_arn: pulumi.Input[str],
         kms_key_arn: pulumi.Input[str],
-        backend_uri: pulumi.Input[str],
+        database: DatabaseAccess,  # the `mlflow` role: tracking and basic-auth tables
         access: ClusterAccess,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
@@ -95,16 +101,31 @@ class MlflowService(pulumi.ComponentResource):
             special=False,
             opts=pulumi.ResourceOptions(parent=self),
         )
+        # basic-auth refuses to start without a static CSRF key, the same in every worker/pod.
+        flask_key = random.RandomPassword(
+            f"{name}-flask-secret-key",
+            length=48,
+            special=False,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
         secret_name = app_secret(
             name,
             app=APP,
             namespace=namespace,
             string_data={
-                "MLFLOW_BACKEND_STORE_URI": backend_uri,
+                "MLFLOW_BACKEND_STORE_URI": database.url,
                 "MLFLOW_AUTH_ADMIN_PASSWORD": self.admin_password.result,
-                "basic_auth.ini": pulumi.Output.from_input(backend_uri).apply(auth_ini),
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": flask_key.result,
+                "basic_auth.ini": database.url.apply(auth_ini),
             },
             opts=k8s_opts,
+        )
+        # What an MlflowUser Job needs to act as the admin (the password stays in this Secret).
+        self.admin = MlflowAdmin(
+            url=in_cluster_url(APP, namespace),
+            image=image,
+            username=ADMIN_USER,
+            secret_name=secret_name,
         )
         args = pulumi.Output.from_input(artifact_bucket).apply(
             lambda b: mlflow_args(b, namespace, public)
@@ -122,13 +143,20 @@ class MlflowService(pulumi.ComponentResource):
             env=[
                 secret_env("MLFLOW_BACKEND_STORE_URI", secret_name),
                 secret_env("MLFLOW_AUTH_ADMIN_PASSWORD", secret_name),
+                secret_env("MLFLOW_FLASK_SERVER_SECRET_KEY", secret_name),
                 {"name": "MLFLOW_AUTH_CONFIG_PATH", "value": f"{AUTH_DIR}/basic_auth.ini"},
             ],
             resources=resources("250m", "1Gi"),
             probes=http_probes("/health", PORT),
-            config_volumes=[ConfigVolume("auth", AUTH_DIR, auth_volume)],
+            config_volumes=[ConfigVolume("auth", AUTH_DIR, auth_volume), database.ca_volume],
+            pod_annotations=database.pod_annotations(),
             replicas=replicas,
-            opts=k8s_opts,
+            # MLflow never calls the Kubernetes API; IRSA injects its own projected AWS token.
+            pod_fields={"automount_service_account_token": False},
+            # Its database role exists once the roles Job has run.
+            opts=pulumi.ResourceOptions.merge(
+                k8s_opts, pulumi.ResourceOptions(depends_on=[database.ready])
+            ),
         )
         self.url = http_service(name, app=APP, namespace=namespace, public=public, opts=k8s_opts)
         self.register_outputs({"url": self.url})

@@ -20,7 +20,18 @@ WORKER_SA = "prefect-worker"
 HEALTH_PORT = 8080
 WORK_POOLS = (k8s_labels.CPU_WORK_POOL, k8s_labels.GPU_WORK_POOL)
 
+# The Secret holding the Prefect API key (key PREFECT_API_KEY), in the flows namespace.
+API_SECRET = "prefect-api"
+API_KEY_ENTRY = "PREFECT_API_KEY"
+# prefect-kubernetes settings: the worker replaces the plain PREFECT_API_KEY it would write into
+# every flow-run Job with a secretKeyRef to this Secret (it needs both; name alone does nothing).
+API_KEY_SECRET_NAME_SETTING = "PREFECT_INTEGRATIONS_KUBERNETES_WORKER_API_KEY_SECRET_NAME"
+API_KEY_SECRET_KEY_SETTING = "PREFECT_INTEGRATIONS_KUBERNETES_WORKER_API_KEY_SECRET_KEY"
+
 # What a Kubernetes worker does in its namespace: run Jobs, watch their pods, read their logs.
+# No access to Secrets: with the API-key Secret named, the worker never reads, creates or
+# patches one (prefect-kubernetes 0.8 touches Secrets only for create_secret_for_api_key and
+# store_env_as_secret, both off); flow pods get the key from the kubelet via secretKeyRef.
 WORKER_RULES = [
     {
         "api_groups": ["batch"],
@@ -30,8 +41,15 @@ WORKER_RULES = [
     {"api_groups": [""], "resources": ["pods", "pods/status"], "verbs": ["get", "list", "watch"]},
     {"api_groups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     {"api_groups": [""], "resources": ["events"], "verbs": ["get", "list", "watch"]},
-    {"api_groups": [""], "resources": ["secrets"], "verbs": ["get", "create", "update", "patch"]},
 ]
+
+
+def api_key_secret_settings(secret_name: pulumi.Input[str]) -> list[dict]:
+    """Worker env that makes flow-run Jobs read PREFECT_API_KEY from `secret_name`."""
+    return [
+        {"name": API_KEY_SECRET_NAME_SETTING, "value": secret_name},
+        {"name": API_KEY_SECRET_KEY_SETTING, "value": API_KEY_ENTRY},
+    ]
 
 
 def worker_args(pool: str) -> list[str]:
@@ -95,8 +113,8 @@ class PrefectWorkers(pulumi.ComponentResource):
         )
         secret = k8s.core.v1.Secret(
             f"{name}-api-secret",
-            metadata={"name": "prefect-api", "namespace": ns},
-            string_data={"PREFECT_API_KEY": api_key},
+            metadata={"name": API_SECRET, "namespace": ns},
+            string_data={API_KEY_ENTRY: api_key},
             opts=k8s_opts,
         )
         secret_name = secret.metadata.apply(lambda m: m["name"])
@@ -142,7 +160,8 @@ class PrefectWorkers(pulumi.ComponentResource):
             port_name="health",
             env=[
                 {"name": "PREFECT_API_URL", "value": api_url},
-                secret_env("PREFECT_API_KEY", secret_name),
+                secret_env(API_KEY_ENTRY, secret_name),
+                *api_key_secret_settings(secret_name),
                 {"name": "PREFECT_WORKER_WEBSERVER_HOST", "value": "0.0.0.0"},
                 {"name": "PREFECT_WORKER_WEBSERVER_PORT", "value": str(HEALTH_PORT)},
                 {"name": "PREFECT_HOME", "value": "/tmp/prefect"},

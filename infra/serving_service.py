@@ -6,6 +6,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra import iam
+from infra.db_bootstrap import DatabaseAccess
 from infra.feast_service import FeatureStoreAccess
 from infra.k8s import (
     ClusterAccess,
@@ -18,6 +19,7 @@ from infra.k8s import (
     irsa_service_account,
     resources,
 )
+from infra.mlflow_user import MlflowAdmin, MlflowUser
 from mlre.k8s_labels import SERVING_SCRAPE_JOB
 
 APP = "serving"
@@ -28,7 +30,7 @@ HOME = "/tmp/mlre"  # MLRE_HOME: the emptyDir; downloaded models and temp files 
 # `<MLRE_PREDICTION_LOG_URI>/predictions/<model>/part-*.parquet`; the role may write there and
 # nowhere else.
 PREDICTION_PREFIX = "predictions"
-MLFLOW_USER = "admin"  # the only user basic-auth creates; see README "Known limits"
+MLFLOW_USER = "serving"  # a non-admin MLflow user (MlflowUser): reads models, changes none
 GRACE_S = 45  # uvicorn drains for 30 s (serving/__main__.py), plus the preStop pause
 SCRAPE_ANNOTATIONS = {
     "prometheus.io/scrape": "true",
@@ -105,10 +107,10 @@ class ServingService(pulumi.ComponentResource):
         cpu_target: int,
         cpu_request: str,
         memory: str,
-        public: bool,
         store: FeatureStoreAccess,
+        registry: DatabaseAccess,  # the `feast_reader` role: SELECT on the registry only
         mlflow_uri: pulumi.Input[str],
-        mlflow_password: pulumi.Input[str],
+        mlflow_admin: MlflowAdmin,
         prediction_log_bucket_arn: pulumi.Input[str],
         kms_key_arn: pulumi.Input[str],
         access: ClusterAccess,
@@ -127,14 +129,23 @@ class ServingService(pulumi.ComponentResource):
             policy=policy.apply(lambda a: serving_policy(a[2:], a[0], a[1])),
             parent=self,
         )
+        # The service's own MLflow user; the admin password never reaches this component's pods.
+        mlflow_user = MlflowUser(
+            f"{name}-mlflow-user",
+            username=MLFLOW_USER,
+            namespace=namespace,
+            admin=mlflow_admin,
+            access=access,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
         secret_name = app_secret(
             name,
             app=APP,
             namespace=namespace,
             string_data={
-                "MLRE_REGISTRY_URI": store.registry_url,
+                "MLRE_REGISTRY_URI": registry.url,
                 "MLRE_REDIS_CONNECTION_STRING": store.redis_connection,
-                "MLFLOW_TRACKING_PASSWORD": mlflow_password,
+                "MLFLOW_TRACKING_PASSWORD": mlflow_user.password,
             },
             opts=k8s_opts,
         )
@@ -167,6 +178,7 @@ class ServingService(pulumi.ComponentResource):
             resources=resources(cpu_request, memory),
             probes=serving_probes(),
             tmp_size_limit="2Gi",
+            config_volumes=[registry.ca_volume],
             # Endpoints drop the pod before uvicorn stops accepting requests.
             lifecycle={"pre_stop": {"sleep": {"seconds": 5}}},
             # No fixed replicas: the HPA owns the count. Surge, never drop below the count.
@@ -174,7 +186,7 @@ class ServingService(pulumi.ComponentResource):
                 "type": "RollingUpdate",
                 "rolling_update": {"max_surge": 1, "max_unavailable": 0},
             },
-            pod_annotations=SCRAPE_ANNOTATIONS,
+            pod_annotations={**SCRAPE_ANNOTATIONS, **registry.pod_annotations()},
             pod_fields={
                 # IRSA injects its own projected token; the app never calls the API.
                 "automount_service_account_token": False,
@@ -188,9 +200,15 @@ class ServingService(pulumi.ComponentResource):
                     }
                 ],
             },
-            opts=k8s_opts,
+            # Pods start once the Jobs have created (or re-keyed) their MLflow user and their
+            # database role.
+            opts=pulumi.ResourceOptions.merge(
+                k8s_opts, pulumi.ResourceOptions(depends_on=[mlflow_user.job, registry.ready])
+            ),
         )
-        self.url = http_service(name, app=APP, namespace=namespace, public=public, opts=k8s_opts)
+        # Never public: the service has no authentication of its own (clients call it in-cluster,
+        # or through an authenticating ingress the team adds).
+        self.url = http_service(name, app=APP, namespace=namespace, opts=k8s_opts)
         # What the monitoring component's ServiceMonitor selects: http_service's labels and port.
         # Same job name as the local Prometheus's scrape: one set of SLO rules for both.
         self.metrics = ScrapeTarget(

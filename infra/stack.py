@@ -11,15 +11,19 @@ from infra.cache import Cache
 from infra.cluster import Cluster
 from infra.config import StackConfig
 from infra.database import Database
-from infra.feast_service import FeastService, FeatureStoreAccess
+from infra.db_bootstrap import DatabaseRoles
+from infra.db_roles import ADMIN_NAMESPACE, FEAST, FEAST_READER, MLFLOW
+from infra.feast_service import FeastCaller, FeastService, FeatureStoreAccess
 from infra.k8s import ClusterAccess, in_cluster_url, namespace
 from infra.mlflow_service import APP as MLFLOW_APP
 from infra.mlflow_service import MlflowService
 from infra.monitoring import Monitoring
 from infra.monitoring_assets import MonitoringAssets
 from infra.network import DataPlacement, Network
+from infra.network_policies import Layout, NetworkPolicies
 from infra.node_pools import CpuNodePool, GpuNodePool, NodeTarget
 from infra.prefect_worker import PrefectWorkers
+from infra.serving_service import APP as SERVING_APP
 from infra.serving_service import ServingService
 from infra.storage import Storage
 from mlre import k8s_labels
@@ -74,20 +78,31 @@ def build(cfg: StackConfig) -> dict[str, pulumi.Input[object]]:
     flows_ns = namespace(k8s_labels.FLOWS_NAMESPACE, provider, cluster, level="baseline")
     after_ns = pulumi.ResourceOptions(depends_on=[platform_ns, system])
     irsa = {"access": access, "kms_key_arn": storage.kms_key.arn}
-    # What MLflow, Feast and the prediction service share: their namespace, exposure, IRSA.
+    # What MLflow, Feast and the prediction service share: their namespace and IRSA.
     platform = {
         "namespace": svc.platform_namespace,
-        "public": svc.expose_services_publicly,
         "opts": after_ns,
         **irsa,
     }
     buckets = storage.buckets
-    # The feature server and the prediction service read the same registry, Redis and lake.
+    # The services' database roles, made by a Job that alone holds the master credential.
+    db_admin_ns = namespace(ADMIN_NAMESPACE, provider, cluster)
+    roles = DatabaseRoles(
+        f"{p}-db-roles",
+        database=db,
+        ca_bundle=cfg.data.rds_ca_bundle,
+        image=cfg.data.postgres_client_image,
+        client_namespaces=[svc.platform_namespace],
+        flows_namespace=k8s_labels.FLOWS_NAMESPACE,
+        access=access,
+        opts=pulumi.ResourceOptions(depends_on=[db_admin_ns, platform_ns, flows_ns, system]),
+    )
+    # The feature server and the prediction service read the same Redis and lake; each reaches
+    # the SQL registry as its own role.
     store = FeatureStoreAccess(
         region=cfg.region,
         lake_bucket=buckets["feature-lake"].name,
         readable_bucket_arns=[buckets["feature-lake"].arn, buckets["feast-registry"].arn],
-        registry_url=db.url("psycopg"),
         redis_connection=cache.feast_connection(),
     )
     mlflow = MlflowService(
@@ -96,7 +111,8 @@ def build(cfg: StackConfig) -> dict[str, pulumi.Input[object]]:
         replicas=svc.mlflow_replicas,
         artifact_bucket=buckets["mlflow-artifacts"].name,
         artifact_bucket_arn=buckets["mlflow-artifacts"].arn,
-        backend_uri=db.url("psycopg2"),
+        database=roles.access(MLFLOW.name, "psycopg2", svc.platform_namespace),
+        public=svc.public,
         **platform,
     )
     feast = FeastService(
@@ -106,6 +122,17 @@ def build(cfg: StackConfig) -> dict[str, pulumi.Input[object]]:
         min_replicas=svc.feast_min_replicas,
         max_replicas=svc.feast_max_replicas,
         store=store,
+        registry=roles.access(FEAST.name, "psycopg", svc.platform_namespace),
+        # Feast roles by service account: the flows write, the prediction service reads.
+        callers=[
+            FeastCaller(
+                k8s_labels.FEAST_WRITER_ROLE,
+                k8s_labels.FLOWS_NAMESPACE,
+                k8s_labels.FLOWS_SERVICE_ACCOUNT,
+            ),
+            FeastCaller(k8s_labels.FEAST_READER_ROLE, svc.platform_namespace, SERVING_APP),
+        ],
+        public=svc.public,
         **platform,
     )
     serving = ServingService(
@@ -117,9 +144,10 @@ def build(cfg: StackConfig) -> dict[str, pulumi.Input[object]]:
         cpu_request=svc.serving_cpu_request,
         memory=svc.serving_memory,
         store=store,
+        registry=roles.access(FEAST_READER.name, "psycopg", svc.platform_namespace),
         # In-cluster even when MLflow is public: model downloads stay off the load balancer.
         mlflow_uri=in_cluster_url(MLFLOW_APP, svc.platform_namespace),
-        mlflow_password=mlflow.admin_password.result,
+        mlflow_admin=mlflow.admin,
         prediction_log_bucket_arn=buckets["prediction-log"].arn,
         **platform,
     )
@@ -157,6 +185,20 @@ def build(cfg: StackConfig) -> dict[str, pulumi.Input[object]]:
         alert_relay=relay.receiver,
         opts=pulumi.ResourceOptions(depends_on=[monitoring_ns, system, addons]),
     )
+    layout = Layout(
+        platform_namespace=svc.platform_namespace,
+        flows_namespace=k8s_labels.FLOWS_NAMESPACE,
+        monitoring_namespace=mon.namespace,
+        vpc_cidr=cfg.network.vpc_cidr,
+        db_admin_namespace=ADMIN_NAMESPACE,
+        public_cidrs=svc.public.source_cidrs if svc.public else (),
+    )
+    NetworkPolicies(
+        f"{p}-network-policies",
+        layout,
+        access=access,
+        opts=pulumi.ResourceOptions(depends_on=[platform_ns, flows_ns, monitoring_ns, db_admin_ns]),
+    )
     CostGuard(f"{p}-cost", cfg.budget)
     return {
         "cluster_name": cluster.name,
@@ -175,6 +217,9 @@ def build(cfg: StackConfig) -> dict[str, pulumi.Input[object]]:
         "prediction_log_uri": serving.prediction_log_uri,
         "redis_endpoint": cache.endpoint,
         "database_endpoint": db.address,
+        # The Secret in flows_namespace holding the flows' Feast registry URL (the `feast` role):
+        # envFrom it in the flow-run job template. Its RDS CA is the ConfigMap `rds-ca` there.
+        "flows_db_secret": roles.flows_secret_name,
         "work_pools": workers.work_pools,
         "cpu_work_pool": k8s_labels.CPU_WORK_POOL,
         "gpu_work_pool": k8s_labels.GPU_WORK_POOL,

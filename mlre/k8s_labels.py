@@ -30,6 +30,12 @@ FLOWS_NAMESPACE = "mlre-flows"
 SERVING_SCRAPE_JOB = "mlre-serving"
 FLOWS_SERVICE_ACCOUNT = "mlre-flows"
 
+# Feast roles. In the cloud the feature server runs Feast's Kubernetes auth: a caller's roles are
+# the names of the Roles its service account is bound to in the feature server's namespace.
+# infra/ creates those Roles and RoleBindings; feature_repo/permissions.py grants by these names.
+FEAST_WRITER_ROLE = "feast-writer"  # the flows: read, write, materialize
+FEAST_READER_ROLE = "feast-reader"  # the prediction service: online reads only
+
 # Set on every flow pod by the work pools' job templates (flows/work_pools.py) and read through
 # Settings (`node_name`, `work_pool`): a flow run can name the node and pool it landed on.
 NODE_NAME_ENV = "MLRE_NODE_NAME"

@@ -10,10 +10,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pulumi_policy import EnforcementLevel, PolicyPack
 
-from infra.policy.rules import POLICIES
+from infra.policy.rules import POLICIES, STACK_POLICIES
 
 PolicyPack(
     name="mlre-guardrails",
     enforcement_level=EnforcementLevel.MANDATORY,
-    policies=POLICIES,
+    policies=[*POLICIES, *STACK_POLICIES],
 )

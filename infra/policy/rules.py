@@ -6,6 +6,8 @@ here: __main__.py does, and constructing one starts a gRPC server.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import json
 import re
@@ -17,9 +19,13 @@ from pulumi_policy import (
     ReportViolation,
     ResourceValidationArgs,
     ResourceValidationPolicy,
+    StackValidationArgs,
+    StackValidationPolicy,
 )
 
+from infra.db_roles import ADMIN_NAMESPACE, MASTER_USER
 from infra.policy.iam_allowlist import UNSCOPABLE_READ_ACTIONS
+from infra.policy.selectors import policy_types, selects_pod
 from mlre import k8s_labels
 
 REQUIRED_LOGS = frozenset({"api", "audit", "authenticator", "controllerManager", "scheduler"})
@@ -278,6 +284,142 @@ def storage_class_encrypted(args: ResourceValidationArgs, report: ReportViolatio
         report("EBS StorageClass must set parameters.encrypted: 'true'", None)
 
 
+LB_ANNOTATION = "service.beta.kubernetes.io/aws-load-balancer"
+SERVICE_TYPE = "kubernetes:core/v1:Service"
+NETWORK_POLICY_TYPE = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
+# Workloads whose pods a NetworkPolicy must select: kind -> path to the pod template.
+WORKLOAD_TEMPLATES = {
+    "kubernetes:apps/v1:Deployment": ("spec", "template"),
+    "kubernetes:apps/v1:StatefulSet": ("spec", "template"),
+    "kubernetes:apps/v1:DaemonSet": ("spec", "template"),
+    "kubernetes:batch/v1:Job": ("spec", "template"),
+    "kubernetes:batch/v1:CronJob": ("spec", "jobTemplate", "spec", "template"),
+}
+
+
+def public_service_tls(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """A LoadBalancer Service terminates TLS on every port and admits listed CIDRs only."""
+    if not _only(SERVICE_TYPE, args):
+        return
+    spec = args.props.get("spec") or {}
+    if spec.get("type") != "LoadBalancer":
+        return
+    annotations = (args.props.get("metadata") or {}).get("annotations") or {}
+    if not annotations.get(f"{LB_ANNOTATION}-ssl-cert"):
+        report(f"LoadBalancer Service needs a TLS certificate ({LB_ANNOTATION}-ssl-cert)", None)
+    tls_ports = {
+        p.strip() for p in str(annotations.get(f"{LB_ANNOTATION}-ssl-ports", "")).split(",")
+    }
+    for port in spec.get("ports") or []:
+        if "*" not in tls_ports and not {str(port.get("name")), str(port.get("port"))} & tls_ports:
+            report(f"LoadBalancer port {port.get('port')} is plain text (not in ssl-ports)", None)
+    ranges = spec.get("loadBalancerSourceRanges") or []
+    if not ranges or any(ipaddress.ip_network(c).prefixlen == 0 for c in ranges):
+        report("LoadBalancer Service must list loadBalancerSourceRanges (never 0.0.0.0/0)", None)
+
+
+def _pod_template(resource_type: str, props: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The pod template of a workload resource (None for anything else)."""
+    path = WORKLOAD_TEMPLATES.get(resource_type)
+    node: Any = props
+    for key in path or ():
+        node = (node or {}).get(key)
+    return node if path else None
+
+
+def workloads_have_network_policy(args: StackValidationArgs, report: ReportViolation) -> None:
+    """Every workload's pods are selected by an Ingress NetworkPolicy of their namespace."""
+    policies = [
+        {"metadata": r.props.get("metadata") or {}, "spec": r.props.get("spec") or {}}
+        for r in args.resources
+        if r.resource_type == NETWORK_POLICY_TYPE
+    ]
+    for resource in args.resources:
+        template = _pod_template(resource.resource_type, resource.props)
+        if template is None:
+            continue
+        namespace = (resource.props.get("metadata") or {}).get("namespace") or "default"
+        labels = (template.get("metadata") or {}).get("labels") or {}
+        if not any(
+            selects_pod(p, namespace, labels) and "Ingress" in policy_types(p["spec"])
+            for p in policies
+        ):
+            report(
+                f"{resource.resource_type.rsplit(':', 1)[-1]} {resource.name} in {namespace} is "
+                "selected by no NetworkPolicy: add one (infra/network_policies.py)",
+                resource.urn,
+            )
+
+
+POD_TYPE = "kubernetes:core/v1:Pod"
+PINNED_IMAGE = re.compile(r"[^@\s]+:[^@/\s]+@sha256:[0-9a-f]{64}")
+
+
+def _pod_spec(resource_type: str, props: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The pod spec of a Pod or workload resource (None for anything else)."""
+    if resource_type == POD_TYPE:
+        return props.get("spec") or {}
+    template = _pod_template(resource_type, props)
+    return None if template is None else (template.get("spec") or {})
+
+
+def images_pinned_by_digest(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """Every container and initContainer image is `repo:tag@sha256:<digest>` (immutable)."""
+    spec = _pod_spec(args.resource_type, args.props)
+    for field in ("initContainers", "containers"):
+        for container in (spec or {}).get(field) or []:
+            image = container.get("image")
+            if not isinstance(image, str) or not PINNED_IMAGE.fullmatch(image):
+                report(
+                    f"{field} {container.get('name')!r} image {image!r} is not pinned by digest: "
+                    "use <repository>:<tag>@sha256:<digest> (`crane digest <image:tag>`)",
+                    None,
+                )
+
+
+SECRET_TYPE = "kubernetes:core/v1:Secret"
+CONFIG_MAP_TYPE = "kubernetes:core/v1:ConfigMap"
+
+
+def _decoded(value: Any) -> str:
+    """A Secret `data` value as text (base64, as the API stores it); undecodable: as given."""
+    try:
+        return base64.b64decode(str(value), validate=True).decode("utf-8", "replace")
+    except (binascii.Error, ValueError):
+        return str(value)
+
+
+def _credential_carriers(resource_type: str, props: Mapping[str, Any]) -> list[str]:
+    """Every value a pod could read: Secret/ConfigMap data, container env values and argv."""
+    if resource_type == SECRET_TYPE:
+        data = [_decoded(v) for v in (props.get("data") or {}).values()]
+        return data + [str(v) for v in (props.get("stringData") or {}).values()]
+    if resource_type == CONFIG_MAP_TYPE:
+        return [str(v) for v in (props.get("data") or {}).values()]
+    spec = _pod_spec(resource_type, props) or {}
+    values: list[str] = []
+    for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+        values += [str(e["value"]) for e in container.get("env") or [] if "value" in e]
+        argv = [*(container.get("command") or []), *(container.get("args") or [])]
+        values += [str(a) for a in argv]
+    return values
+
+
+def no_master_db_credential(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """Only the db-admin namespace holds the RDS master user's credential: no other Secret,
+    ConfigMap or pod env names it (services connect as their own roles, infra/db_roles.py)."""
+    namespace = (args.props.get("metadata") or {}).get("namespace") or "default"
+    if namespace == ADMIN_NAMESPACE:
+        return
+    if any(MASTER_USER in value for value in _credential_carriers(args.resource_type, args.props)):
+        kind = args.resource_type.rsplit(":", 1)[-1]
+        report(
+            f"{kind} in {namespace} holds the RDS master user {MASTER_USER!r}: give the service "
+            f"its own role (infra/db_roles.py); the master stays in {ADMIN_NAMESPACE}",
+            None,
+        )
+
+
 def _policy(name: str, description: str, validate: Any) -> ResourceValidationPolicy:
     """A mandatory resource policy."""
     return ResourceValidationPolicy(
@@ -316,5 +458,28 @@ POLICIES: list[ResourceValidationPolicy] = [
     _policy("helm-chart-pinned", "Helm charts pinned to exact versions.", helm_chart_pinned),
     _policy(
         "storage-class-encrypted", "EBS StorageClasses encrypt volumes.", storage_class_encrypted
+    ),
+    _policy(
+        "public-service-tls", "Public Services are TLS-only and CIDR-bound.", public_service_tls
+    ),
+    _policy(
+        "images-pinned-by-digest",
+        "Workload container images are pinned by sha256 digest.",
+        images_pinned_by_digest,
+    ),
+    _policy(
+        "no-master-db-credential",
+        "No pod outside the db-admin namespace holds the RDS master credential.",
+        no_master_db_credential,
+    ),
+]
+
+# Rules over the whole stack (they compare resources with each other).
+STACK_POLICIES: list[StackValidationPolicy] = [
+    StackValidationPolicy(
+        name="workloads-have-network-policy",
+        description="Every workload is selected by a NetworkPolicy.",
+        validate=workloads_have_network_policy,
+        enforcement_level=EnforcementLevel.MANDATORY,
     ),
 ]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,12 @@ import pulumi
 import yaml
 from pulumi_policy import (
     PolicyCustomTimeouts,
+    PolicyResource,
     PolicyResourceOptions,
     ResourceValidationArgs,
     ResourceValidationPolicy,
+    StackValidationArgs,
+    StackValidationPolicy,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,6 +33,34 @@ TEST_SECRETS = {
     "mlre:prefectApiKey": "pnu_test_only_not_a_real_key",
     "mlre:alertPageWebhookUrl": "https://pager.example.com/hooks/page-test-only",
     "mlre:alertTicketWebhookUrl": "https://tickets.example.com/hooks/ticket-test-only",
+}
+# Files the program reads that are not committed (the real RDS CA bundle is fetched by hand).
+TEST_FILES = {"mlre:rdsCaBundleFile": "tests/infra/fixtures/rds-ca-test-only.pem"}
+
+
+def _test_only_digest(image: str) -> str:
+    """A well-formed but made-up digest (sha256 of a label): TEST-ONLY, no registry has it."""
+    return f"{image}@sha256:{hashlib.sha256(f'test-only {image}'.encode()).hexdigest()}"
+
+
+# The stack files hold IMAGE_DIGEST placeholders the user replaces; tests pin fake digests.
+TEST_IMAGES = {
+    "mlre:mlflowImage": _test_only_digest("ghcr.io/mlflow/mlflow:v3.17.2-full"),
+    "mlre:feastImage": _test_only_digest("feastdev/feature-server:0.67.0"),
+    "mlre:prefectImage": _test_only_digest("prefecthq/prefect:3.8.8-python3.11-kubernetes"),
+    "mlre:servingImage": _test_only_digest(
+        f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/mlre:abc1234"
+    ),
+}
+
+# mlre:exposeServicesPublicly with everything it requires (test-only domain, ARN and CIDR).
+PUBLIC_EXPOSURE = {
+    "mlre:exposeServicesPublicly": True,
+    "mlre:publicDomain": "ml.example.com",
+    "mlre:publicCertificateArn": (
+        f"arn:aws:acm:{REGION}:{ACCOUNT}:certificate/0f1e2d3c-0000-4000-8000-000000000000"
+    ),
+    "mlre:publicSourceCidrs": ["203.0.113.0/24"],
 }
 
 
@@ -50,7 +82,14 @@ def project_defaults() -> dict[str, Any]:
 def stack_config(stack: str, overrides: Mapping[str, Any] | None = None) -> dict[str, str]:
     """What the engine would hand the program: Pulumi.yaml defaults, then Pulumi.<stack>.yaml."""
     stack_values = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
-    merged = {**project_defaults(), **stack_values, **TEST_SECRETS, **(overrides or {})}
+    merged = {
+        **project_defaults(),
+        **stack_values,
+        **TEST_SECRETS,
+        **TEST_FILES,
+        **TEST_IMAGES,
+        **(overrides or {}),
+    }
     return {key: _config_string(value) for key, value in merged.items()}
 
 
@@ -275,3 +314,32 @@ def violations(policy: ResourceValidationPolicy, typ: str, props: Mapping[str, A
     found: list[str] = []
     policy.validate(validation_args(typ, props), lambda message, urn=None: found.append(message))
     return found
+
+
+def stack_violations(
+    policy: StackValidationPolicy, resources: Sequence[tuple[str, str, Mapping[str, Any]]]
+) -> list[str]:
+    """Messages a StackValidationPolicy reports for (type, name, props) resources."""
+    opts = validation_args("x", {}).opts
+    policy_resources = [
+        PolicyResource(
+            resource_type=typ,
+            props=props,
+            urn=f"urn:pulumi:test::{PROJECT}::{typ}::{name}",
+            name=name,
+            opts=opts,
+            provider=None,
+            parent=None,
+            dependencies=[],
+            property_dependencies={},
+        )
+        for typ, name, props in resources
+    ]
+    found: list[str] = []
+    policy.validate(StackValidationArgs(policy_resources), lambda m, urn=None: found.append(m))
+    return found
+
+
+def recorded(run: Run) -> list[tuple[str, str, dict[str, Any]]]:
+    """(type, name, inputs) of every resource a run declared, as a stack policy sees them."""
+    return [(r.typ, r.name, r.inputs) for r in run.resources]

@@ -11,7 +11,7 @@ from infra.iam import document, s3_access_statements
 from infra.node_pools import gpu_node_template_tags
 from infra.policy.iam_allowlist import UNSCOPABLE_READ_ACTIONS
 from mlre import k8s_labels
-from tests.infra.infra_harness import ROOT, Run, run_mocked, run_stack
+from tests.infra.infra_harness import PUBLIC_EXPOSURE, ROOT, Run, run_mocked, run_stack
 
 pytestmark = pytest.mark.infra
 
@@ -269,12 +269,13 @@ def test_outputs_the_flows_need_are_present(stack_run: Run) -> None:
 
 
 def test_public_exposure_only_behind_the_flag() -> None:
-    run = run_stack("dev", {"mlre:exposeServicesPublicly": True})
+    run = run_stack("dev", PUBLIC_EXPOSURE)
     types = {r.inputs["metadata"]["name"]: r.inputs["spec"]["type"]
              for r in run.of_type("kubernetes:core/v1:Service")}  # fmt: skip
-    assert types == {"mlflow": "LoadBalancer", "feast": "LoadBalancer", "serving": "LoadBalancer",
+    # The prediction service and the relay have no authentication of their own: never public.
+    assert types == {"mlflow": "LoadBalancer", "feast": "LoadBalancer", "serving": "ClusterIP",
                      "alert-relay": "ClusterIP"}  # fmt: skip
-    assert run.outputs["mlflow_url"].endswith(".elb.example.com")
+    assert run.outputs["mlflow_url"] == "https://mlflow.ml.example.com"
 
 
 def test_services_are_cluster_ip_by_default(stack_run: Run) -> None:

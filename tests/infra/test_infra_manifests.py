@@ -91,7 +91,7 @@ def test_feast_config_is_production_shaped_without_secrets(stack_runs: dict[str,
     (secret,) = [m for m in manifests(stack_runs["dev"])
                  if m["kind"] == "Secret" and m["metadata"]["name"] == "feast-secrets"]  # fmt: skip
     assert secret["stringData"]["FEAST_REDIS_CONNECTION"].endswith("ssl=true,password=" + "p" * 48)
-    assert "sslmode=require" in secret["stringData"]["FEAST_REGISTRY_URL"]
+    assert "sslmode=verify-full" in secret["stringData"]["FEAST_REGISTRY_URL"]
 
 
 def test_feast_hpa_targets_the_deployment(stack_runs: dict[str, Run]) -> None:
@@ -122,12 +122,16 @@ def test_prefect_workers_poll_each_pool_with_a_secret_key(stack_runs: dict[str, 
 
 def test_worker_rbac_can_run_jobs_but_nothing_cluster_wide(stack_runs: dict[str, Run]) -> None:
     run = stack_runs["dev"]
-    (role,) = [m for m in manifests(run) if m["kind"] == "Role"]
+    (role,) = [m for m in manifests(run) if m["kind"] == "Role"
+               and m["metadata"]["name"] == "prefect-worker"]  # fmt: skip
     assert role["metadata"]["namespace"] == k8s_labels.FLOWS_NAMESPACE
     jobs = next(r for r in role["rules"] if r["resources"] == ["jobs"])
     assert "create" in jobs["verbs"]
     assert all("*" not in r["verbs"] and "*" not in r["resources"] for r in role["rules"])
-    assert not [m for m in manifests(run) if m["kind"].startswith("Cluster")]
+    # The one cluster-wide grant: Feast's token reviews (tests/infra/test_feast_auth.py).
+    cluster_wide = [m for m in manifests(run) if m["kind"].startswith("Cluster")]
+    assert {m["kind"] for m in cluster_wide} == {"ClusterRole", "ClusterRoleBinding"}
+    assert {m["metadata"]["name"] for m in cluster_wide} == {"mlre-platform-feast-token-review"}
 
 
 def test_flows_service_account_is_irsa_annotated(stack_runs: dict[str, Run]) -> None:

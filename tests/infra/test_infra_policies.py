@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -35,8 +36,78 @@ def _iam(*statements: dict) -> dict:
     return {"policy": json.dumps({"Version": "2012-10-17", "Statement": list(statements)})}
 
 
+PLAIN_LB = {
+    "metadata": {"name": "mlflow", "namespace": "mlre-platform"},
+    "spec": {"type": "LoadBalancer", "ports": [{"name": "http", "port": 80}]},
+}
+
+PINNED = "ghcr.io/mlflow/mlflow:v3.17.2-full@sha256:" + "0a" * 32
+WORKLOAD_KINDS = {
+    "kubernetes:apps/v1:Deployment": "spec.template",
+    "kubernetes:apps/v1:StatefulSet": "spec.template",
+    "kubernetes:apps/v1:DaemonSet": "spec.template",
+    "kubernetes:batch/v1:Job": "spec.template",
+    "kubernetes:batch/v1:CronJob": "spec.jobTemplate.spec.template",
+    "kubernetes:core/v1:Pod": "",
+}
+
+
+def _workload(typ: str, image: str = PINNED, init_image: str = PINNED) -> dict[str, Any]:
+    """A workload of kind `typ` with one initContainer and one container."""
+    props: dict[str, Any] = {
+        "spec": {
+            "initContainers": [{"name": "init", "image": init_image}],
+            "containers": [{"name": "app", "image": image}],
+        }
+    }
+    for key in reversed([k for k in WORKLOAD_KINDS[typ].split(".") if k]):
+        props = {key: props}
+    return props
+
+
+DEPLOYMENT, DAEMONSET = "kubernetes:apps/v1:Deployment", "kubernetes:apps/v1:DaemonSet"
+CRONJOB, POD = "kubernetes:batch/v1:CronJob", "kubernetes:core/v1:Pod"
+UNPINNED = "images-pinned-by-digest"
+MASTER_CREDENTIAL = "no-master-db-credential"
+# Objects outside the db-admin namespace that hold the RDS master user (issue 19, finding 4).
+_MASTER_URL = "postgresql+psycopg2://mlre_admin:secret@db.example.com:5432/mlre"
+_PLATFORM = {"name": "x", "namespace": "mlre-platform"}
+
+
+def _template_with(container: dict[str, Any]) -> dict[str, Any]:
+    """A Deployment's or Job's spec with one container."""
+    return {"spec": {"template": {"spec": {"containers": [container]}}}}
+
+
+MASTER_CREDENTIAL_HOLDERS: list[tuple[str, dict[str, Any]]] = [
+    (rules.SECRET_TYPE, {"metadata": _PLATFORM, "stringData": {"URI": _MASTER_URL}}),
+    (
+        rules.SECRET_TYPE,
+        {"metadata": _PLATFORM, "data": {"URI": base64.b64encode(_MASTER_URL.encode()).decode()}},
+    ),
+    (rules.CONFIG_MAP_TYPE, {"metadata": _PLATFORM, "data": {"auth.ini": _MASTER_URL}}),
+    (
+        DEPLOYMENT,
+        {
+            "metadata": _PLATFORM,
+            **_template_with({"name": "app", "env": [{"name": "DB", "value": _MASTER_URL}]}),
+        },
+    ),
+    (  # no namespace: `default`
+        "kubernetes:batch/v1:Job",
+        {"metadata": {"name": "x"}, **_template_with({"name": "psql", "command": [_MASTER_URL]})},
+    ),
+]
+
 # (policy name, resource type, bad props) — each must be reported.
 BAD_FIXTURES: list[tuple[str, str, dict[str, Any]]] = [
+    (UNPINNED, DEPLOYMENT, _workload(DEPLOYMENT, image="ghcr.io/mlflow/mlflow:v3.17.2-full")),
+    (UNPINNED, CRONJOB, _workload(CRONJOB, init_image="postgres:17.6-alpine")),
+    (UNPINNED, POD, _workload(POD, image="ghcr.io/mlflow/mlflow:v3.17.2-full@sha256:abc123")),
+    (UNPINNED, POD, _workload(POD, image="ghcr.io/mlflow/mlflow@sha256:" + "0a" * 32)),
+    (UNPINNED, DAEMONSET, _workload(DAEMONSET, image="busybox")),
+    *((MASTER_CREDENTIAL, typ, props) for typ, props in MASTER_CREDENTIAL_HOLDERS),
+    ("public-service-tls", rules.SERVICE_TYPE, PLAIN_LB),
     ("eks-control-plane-logging", EKS, {**GOOD_EKS, "enabledClusterLogTypes": ["api"]}),
     ("eks-secrets-encryption", EKS, {**GOOD_EKS, "encryptionConfig": None}),
     ("eks-endpoint-not-open", EKS, {**GOOD_EKS, "vpcConfig": {"endpointPrivateAccess": True}}),
@@ -194,6 +265,13 @@ def test_deny_statements_may_use_wildcards() -> None:
 def test_unscopable_describe_calls_may_use_resource_star() -> None:
     ok = _iam({"Effect": "Allow", "Action": ["ec2:DescribeInstanceTypes"], "Resource": "*"})
     assert not violations(POLICY_BY_NAME["iam-no-wildcards"], ROLE_POLICY, ok)
+
+
+@pytest.mark.parametrize("typ", WORKLOAD_KINDS)
+def test_pinned_images_pass_in_every_workload_kind(typ: str) -> None:
+    assert not violations(POLICY_BY_NAME[UNPINNED], typ, _workload(typ))
+    # The same object with its init container unpinned is refused: the path is the right one.
+    assert violations(POLICY_BY_NAME[UNPINNED], typ, _workload(typ, init_image="busybox:1.37"))
 
 
 def test_restricted_public_endpoint_is_allowed() -> None:

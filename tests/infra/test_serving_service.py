@@ -15,6 +15,7 @@ from infra.policy.rules import POLICIES
 from infra.serving_service import APP, PORT, PREDICTION_PREFIX
 from mlre import k8s_labels
 from tests.infra.infra_harness import (
+    PUBLIC_EXPOSURE,
     ROOT,
     Run,
     manifests,
@@ -92,10 +93,14 @@ def test_deployment_runs_the_service_hardened(stack_run: Run) -> None:
     assert sc["readOnlyRootFilesystem"] is True
     assert sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"] == {"drop": ["ALL"]}
-    assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
-    (volume,) = pod["volumes"]
-    assert volume["name"] == "tmp"
-    assert "emptyDir" in volume
+    assert container["volumeMounts"] == [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "rds-ca", "mountPath": "/etc/rds-ca", "readOnly": True},  # the registry's CA
+    ]
+    tmp, ca = pod["volumes"]
+    assert tmp["name"] == "tmp"
+    assert "emptyDir" in tmp
+    assert ca == {"name": "rds-ca", "configMap": {"name": "rds-ca"}}
 
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])
@@ -119,6 +124,7 @@ def test_probes_hit_healthz_and_readyz(stack_run: Run) -> None:
 
 def test_pods_are_scraped_by_prometheus(stack_run: Run) -> None:
     annotations = _objects(stack_run)["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+    annotations.pop("mlre.io/db-credentials")  # rolls the pods when the database role rotates
     assert annotations == {
         "prometheus.io/scrape": "true",
         "prometheus.io/port": str(PORT),
@@ -146,7 +152,7 @@ def test_env_selects_production_profile_and_secrets_come_from_the_secret(stack_r
         "MLFLOW_TRACKING_PASSWORD",
     }
     assert data["MLRE_REGISTRY_URI"].startswith("postgresql+psycopg://")
-    assert "sslmode=require" in data["MLRE_REGISTRY_URI"]
+    assert "sslmode=verify-full" in data["MLRE_REGISTRY_URI"]
     assert data["MLRE_REDIS_CONNECTION_STRING"].endswith("ssl=true,password=" + "p" * 48)
 
 
@@ -260,11 +266,12 @@ def test_service_is_cluster_ip_and_url_in_cluster_by_default(stack_run: Run) -> 
     assert stack_run.outputs["serving_url"] == IN_CLUSTER_URL
 
 
-def test_load_balancer_only_when_exposure_is_configured() -> None:
-    run = run_stack("dev", {"mlre:exposeServicesPublicly": True})
-    assert _objects(run)["Service"]["spec"]["type"] == "LoadBalancer"
-    assert run.outputs["serving_url"].endswith(".elb.example.com")
-    # MLflow may be public too, but model downloads stay inside the cluster.
+def test_service_stays_in_cluster_when_mlflow_and_feast_are_published() -> None:
+    run = run_stack("dev", PUBLIC_EXPOSURE)
+    # /predict and /metrics have no authentication: never behind a public load balancer.
+    assert _objects(run)["Service"]["spec"]["type"] == "ClusterIP"
+    assert run.outputs["serving_url"] == IN_CLUSTER_URL
+    # MLflow is public, but model downloads stay inside the cluster.
     env = {e["name"]: e["value"] for e in _container(run)["env"]}
     assert env["MLRE_MLFLOW_URI"] == "http://mlflow.mlre-platform.svc.cluster.local"
 

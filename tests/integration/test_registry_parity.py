@@ -94,6 +94,11 @@ def test_demo_repo_sync_equals_feast_apply(tmp_path: Path) -> None:
     # The views, services and the on-demand view are all there, not an empty match.
     kinds = {kind for kind, _ in registry_objects(ours)}
     assert {"feature_view", "on_demand_feature_view", "feature_service", "entity"} <= kinds
+    # The feature server's permissions (feature_repo/permissions.py) are synced like the rest.
+    assert {name for kind, name in registry_objects(ours) if kind == "permission"} == {
+        "feature_readers",
+        "feature_writers",
+    }
 
 
 def test_marketplace_repo_sync_equals_feast_apply(tmp_path: Path) -> None:
