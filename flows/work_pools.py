@@ -171,10 +171,23 @@ def _place_pods(template: dict[str, Any], pool: str) -> None:
     # variable (name -> string) cannot hold. The worker puts the `env` variable's entries in
     # front of this list and keeps these, so a deployment that sets `env` cannot drop them.
     container["env"] = pod_identity_env(pool)
+    _use_database_access(pod_spec, container)
     if pool == k8s_labels.GPU_WORK_POOL:
         pod_spec["tolerations"] = [k8s_labels.gpu_toleration()]
         # Limit only: for extended resources Kubernetes sets the request equal to the limit.
         container["resources"]["limits"][k8s_labels.GPU_RESOURCE] = placeholder(GPU_LIMIT_VARIABLE)
+
+
+def _use_database_access(pod_spec: dict[str, Any], container: dict[str, Any]) -> None:
+    """The flows' Feast registry URL from the stack's Secret, and the RDS CA bundle its
+    `sslrootcert` names. Both optional: a cluster without the stack's objects still runs pods."""
+    container["envFrom"] = [{"secretRef": {"name": k8s_labels.FLOWS_DB_SECRET, "optional": True}}]
+    volume = {"name": "rds-ca", "mountPath": k8s_labels.RDS_CA_DIR, "readOnly": True}
+    container["volumeMounts"] = [*container.get("volumeMounts", []), volume]
+    pod_spec["volumes"] = [
+        *pod_spec.get("volumes", []),
+        {"name": "rds-ca", "configMap": {"name": k8s_labels.RDS_CA_CONFIG_MAP, "optional": True}},
+    ]
 
 
 def base_job_template(pool: str) -> dict[str, Any]:

@@ -27,11 +27,12 @@ from infra.k8s import (
     script_job_spec,
     secret_env,
 )
+from mlre import k8s_labels
 
 APP = "db-roles"  # the Job pods' app label (network policies select it)
-CA_CONFIG_MAP = "rds-ca"
+CA_CONFIG_MAP = k8s_labels.RDS_CA_CONFIG_MAP
 ADMIN_SECRET = "db-admin"
-FLOWS_SECRET = "flows-db"  # the flows' Feast registry URL (feast apply, materialize)
+FLOWS_SECRET = k8s_labels.FLOWS_DB_SECRET  # the flows' registry URL (feast apply, materialize)
 FLOWS_REGISTRY_KEY = "MLRE_REGISTRY_URI"  # mlre.settings' variable: envFrom works as is
 SCRIPT_DIR = "/etc/db-roles"
 UID = 70  # the `postgres` user of the official alpine image

@@ -22,12 +22,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from mlre import k8s_labels
+
 MASTER_USER = "mlre_admin"  # the RDS master user: only the db-admin namespace may hold it
 ADMIN_DATABASE = "mlre"  # the master's own database, where the script connects first
 ADMIN_NAMESPACE = "mlre-db-admin"  # the bootstrap Job and the master credential live here only
 PORT = 5432
 # Where every client pod (and the Job) mounts the RDS CA bundle: libpq's sslrootcert.
-RDS_CA_DIR = "/etc/rds-ca"
+RDS_CA_DIR = k8s_labels.RDS_CA_DIR
 RDS_CA_KEY = "rds-ca-bundle.pem"
 RDS_CA_PATH = f"{RDS_CA_DIR}/{RDS_CA_KEY}"
 SCRIPT_KEY = "roles.sql"

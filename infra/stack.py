@@ -217,8 +217,8 @@ def build(cfg: StackConfig) -> dict[str, pulumi.Input[object]]:
         "prediction_log_uri": serving.prediction_log_uri,
         "redis_endpoint": cache.endpoint,
         "database_endpoint": db.address,
-        # The Secret in flows_namespace holding the flows' Feast registry URL (the `feast` role):
-        # envFrom it in the flow-run job template. Its RDS CA is the ConfigMap `rds-ca` there.
+        # The Secret in flows_namespace holding the flows' Feast registry URL (the `feast` role);
+        # the work pools' job templates envFrom it and mount the ConfigMap `rds-ca` there.
         "flows_db_secret": roles.flows_secret_name,
         "work_pools": workers.work_pools,
         "cpu_work_pool": k8s_labels.CPU_WORK_POOL,

@@ -36,6 +36,13 @@ FLOWS_SERVICE_ACCOUNT = "mlre-flows"
 FEAST_WRITER_ROLE = "feast-writer"  # the flows: read, write, materialize
 FEAST_READER_ROLE = "feast-reader"  # the prediction service: online reads only
 
+# What the stack's DatabaseRoles component (infra/db_bootstrap.py) puts in the flows namespace
+# and the flow-run job templates use: the Secret with the flows' Feast registry URL (`feast` role,
+# envFrom) and the ConfigMap with the RDS CA bundle its `sslrootcert` names.
+FLOWS_DB_SECRET = "flows-db"
+RDS_CA_CONFIG_MAP = "rds-ca"
+RDS_CA_DIR = "/etc/rds-ca"
+
 # Set on every flow pod by the work pools' job templates (flows/work_pools.py) and read through
 # Settings (`node_name`, `work_pool`): a flow run can name the node and pool it landed on.
 NODE_NAME_ENV = "MLRE_NODE_NAME"

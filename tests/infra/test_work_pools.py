@@ -360,3 +360,34 @@ def test_settings_and_training_read_the_env_the_pods_get(monkeypatch: pytest.Mon
     assert settings.work_pool == k8s_labels.GPU_WORK_POOL
     # The "device=cuda but no GPU" error names the node through the same variable.
     assert training.NODE_NAME_ENV == k8s_labels.NODE_NAME_ENV
+
+
+@pytest.mark.parametrize("job", ["cpu_job", "gpu_job"])
+def test_flow_pods_reach_the_registry_as_the_feast_role_over_verified_tls(
+    job: str, request: pytest.FixtureRequest, stack_runs: dict[str, Run]
+) -> None:
+    manifest = request.getfixturevalue(job)
+    pod = manifest["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["envFrom"] == [
+        {"secretRef": {"name": k8s_labels.FLOWS_DB_SECRET, "optional": True}}
+    ]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "rds-ca"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "rds-ca"]
+    assert volume["configMap"]["name"] == k8s_labels.RDS_CA_CONFIG_MAP
+    # The Secret the stack writes there names a CA file inside that mount.
+    for run in stack_runs.values():
+        (secret,) = [
+            r.inputs for r in run.of_type("kubernetes:core/v1:Secret")
+            if r.inputs["metadata"]["name"] == k8s_labels.FLOWS_DB_SECRET
+        ]  # fmt: skip
+        (url,) = secret["stringData"].values()
+        assert "sslmode=verify-full" in url
+        assert f"sslrootcert={mount['mountPath']}/" in url
+        assert secret["metadata"]["namespace"] == k8s_labels.FLOWS_NAMESPACE
+    (config_map,) = [
+        r.inputs for r in stack_runs["dev"].of_type("kubernetes:core/v1:ConfigMap")
+        if r.inputs["metadata"] == {"name": k8s_labels.RDS_CA_CONFIG_MAP,
+                                    "namespace": k8s_labels.FLOWS_NAMESPACE}
+    ]  # fmt: skip
+    assert config_map["data"]
