@@ -206,6 +206,14 @@ def _utc(moment: datetime) -> pd.Timestamp:
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
+def _no_predictions(keys: list[str], inputs: list[str]) -> pd.DataFrame:
+    """The prediction-log frame of zero rows, with every column `score_frame` writes."""
+    columns = [*keys, TIMESTAMP_COLUMN, "request_id", "score", "model_name", "model_version"]
+    out = pd.DataFrame(columns=[*columns, "route", "predicted_at", *inputs])
+    out.attrs.update({ROWS_IN: 0, ROWS_SCORED: 0, ROWS_DROPPED: 0, KEY_COLUMNS: keys})
+    return out
+
+
 def score_frame(
     store: FeatureStore,
     model: Any,
@@ -228,6 +236,9 @@ def score_frame(
     keys, request = service_columns(store, service)
     _check_entities(entities, keys, request)
     frame = entities.reset_index(drop=True)
+    if frame.empty:  # a window without traffic: nothing to score is not an error
+        log.info("No rows to score for model %s v%s.", model_name, model_version)
+        return _no_predictions(keys, model_inputs(model, service))
     entity_df = frame[[*keys, TIMESTAMP_COLUMN, *request]].copy()
     # Feast neither keeps row order nor rows without features: join back on our own row id.
     entity_df[_ROW_ID] = np.arange(len(entity_df), dtype=np.int64)

@@ -119,6 +119,14 @@ def test_score_a_window_write_and_read_back_the_log(env: FeatureEnv, tracking_ur
     by_request = window.set_index(window["transaction_id"].astype(str))
     expected_ts = by_request.loc[scored["request_id"], "event_timestamp"].to_numpy()
     assert (scored["event_timestamp"].to_numpy() == expected_ts).all()
+    # A window without traffic (a daily job on a quiet day) scores nothing and fails nothing.
+    quiet = score_frame(
+        env.store, model, service, entities.iloc[:0], model_name=name, model_version=version,
+        request_id_column="transaction_id", predicted_at=NOW,
+    )  # fmt: skip
+    assert quiet.empty
+    assert list(quiet.columns) == list(scored.columns)
+    assert (quiet.attrs[ROWS_IN], quiet.attrs[ROWS_SCORED]) == (0, 0)
     labels = by_request.loc[scored["request_id"], "is_fraud"]
     if labels.nunique() == 2:  # a tiny window may hold no fraud at all
         assert roc_auc_score(labels, scored["score"]) > 0.5
