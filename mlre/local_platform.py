@@ -136,9 +136,17 @@ def mlflow_artifacts_dir(settings: Settings) -> Path:
     return (settings.mlflow_dir / "artifacts").resolve()
 
 
+# Importing Feast 0.67 creates a temp dir, points these at it in os.environ and removes the dir
+# when the importing process exits. A long-lived child (the worker) that inherited them would
+# hand a dead directory to every flow run it starts, and Feast's import then fails there.
+PROCESS_LOCAL_ENV = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR")
+
+
 def child_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Our environment plus the platform's, with the venv's bin first on PATH."""
-    env = {**os.environ, **settings.client_env(), **(extra or {})}
+    """Our environment plus the platform's, with the venv's bin first on PATH (less what only
+    means something inside this process: PROCESS_LOCAL_ENV)."""
+    inherited = {k: v for k, v in os.environ.items() if k not in PROCESS_LOCAL_ENV}
+    env = {**inherited, **settings.client_env(), **(extra or {})}
     env["PATH"] = os.pathsep.join([str(venv_bin()), env.get("PATH", "")])
     return env
 

@@ -107,6 +107,22 @@ def test_child_env_keeps_state_in_home_and_venv_first(settings: Settings) -> Non
     assert env["EXTRA"] == "1"
 
 
+def test_child_env_drops_the_metrics_dir_feast_made_for_this_process(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # What `import feast` leaves in os.environ: a dir it deletes when this process exits.
+    for key in local_platform.PROCESS_LOCAL_ENV:
+        monkeypatch.setenv(key, str(tmp_path / "feast_metrics_x"))
+    env = local_platform.child_env(settings)
+    assert not set(local_platform.PROCESS_LOCAL_ENV) & set(env)
+    # A caller that means it (a multi-process server of its own) still can.
+    chosen = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "ours")}
+    assert (
+        local_platform.child_env(settings, chosen)["PROMETHEUS_MULTIPROC_DIR"]
+        == chosen["PROMETHEUS_MULTIPROC_DIR"]
+    )
+
+
 def test_port_in_use_sees_a_listening_socket() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
         server.bind(("127.0.0.1", 0))
