@@ -20,6 +20,7 @@ from mlre.canary import CANARY_SHARE_TAG, parse_share
 from mlre.features.services import service_features, unusable_inputs
 from mlre.inference import FEATURE_SERVICE_TAG, load_version, model_inputs
 from serving.features import ServicePlan, plan_service
+from serving.scorer import Scorer, probe_rows, verified_scorer
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class LoadedModel:
     feature_service: FeatureService
     inputs: tuple[str, ...]
     plan: ServicePlan
+    scorer: Scorer  # the model on arrays, verified equal to it at load (serving.scorer)
 
 
 @dataclass(frozen=True)
@@ -112,8 +114,12 @@ def mlflow_loader(tracking_uri: str, model_name: str, store: FeatureStore) -> Lo
             raise registry.RegistryError(
                 f"Model {model_name!r} version {version}, service {service.name!r}: {problem}"
             )
+        scorer = verified_scorer(model, inputs, probe_rows(model, inputs))
+        if not scorer.compiled:
+            log.warning("Model %s v%s scores through its pipeline: %s", model_name, version,
+                        scorer.reason)  # fmt: skip
         return LoadedModel(
-            model_name, version, model, service, inputs, plan_service(store, service)
+            model_name, version, model, service, inputs, plan_service(store, service), scorer
         )
 
     return load

@@ -12,7 +12,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -47,12 +47,15 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------
 
 
+def model_table(columns: Columns, inputs: tuple[str, ...], n: int) -> dict[str, np.ndarray]:
+    """The model's input columns as arrays, numeric ones as float64 as in training (and stable
+    in the log); a column the store did not return is all-missing."""
+    return {name: _as_float_if_numeric(columns.get(name, [None] * n)) for name in inputs}
+
+
 def model_frame(columns: Columns, inputs: tuple[str, ...], n: int) -> pd.DataFrame:
-    """The model's input columns, numeric ones as float64 as in training (and stable in the
-    log); a column the store did not return is all-missing."""
-    return pd.DataFrame(
-        {name: _as_float_if_numeric(columns.get(name, [None] * n)) for name in inputs}
-    )
+    """`model_table` as the DataFrame the pipeline itself takes."""
+    return pd.DataFrame(model_table(columns, inputs, n))
 
 
 def _as_float_if_numeric(values: Sequence[Any]) -> np.ndarray:
@@ -72,20 +75,14 @@ def _is_number_or_none(value: Any) -> bool:
     return value is None or isinstance(value, int | float)  # bool is an int: 1.0 / 0.0
 
 
-def _log_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+def _log_records(table: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
     """Row dicts of plain values (numpy scalars and NaN become Python values / None)."""
-    names = list(frame.columns)
-    columns = [frame[name].tolist() for name in names]
+    names = list(table)
+    columns = [table[name].tolist() for name in names]
     return [
         {name: _plain(value) for name, value in zip(names, row, strict=True)}
         for row in zip(*columns, strict=True)
     ]
-
-
-def _scores(model: Any, frame: pd.DataFrame) -> np.ndarray:
-    if hasattr(model, "predict_proba"):
-        return np.asarray(model.predict_proba(frame)[:, 1], dtype=np.float64)
-    return np.asarray(model.predict(frame), dtype=np.float64)
 
 
 def _plain(value: Any) -> Any:
@@ -176,14 +173,14 @@ class PredictionService:
     ) -> list[Answer]:
         """Score a group with one model; FeatureUnavailable / model errors propagate."""
         columns = await self.fetcher.fetch(model.plan, self._rows(instances, idx))
-        frame = model_frame(columns, model.inputs, len(idx))
+        table = model_table(columns, model.inputs, len(idx))
         try:
-            scores = _scores(model.model, frame)
+            scores = model.scorer.score(table)
         except Exception as exc:
             raise ModelFailed(str(exc)) from exc
         return [
             Answer(i, float(s), model.version, route, record)
-            for i, s, record in zip(idx, scores, _log_records(frame), strict=True)
+            for i, s, record in zip(idx, scores.tolist(), _log_records(table), strict=True)
         ]
 
     async def _group(
