@@ -5,6 +5,7 @@ machine with no feature read and no model: `python -m uvicorn bench.floor_app:ap
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi.responses import Response
 
 from serving.schemas import Prediction, PredictRequest, PredictResponse
 
@@ -12,8 +13,8 @@ app = FastAPI(title="serving benchmark floor")
 
 
 @app.post("/predict", response_model=PredictResponse)
-async def predict(request: PredictRequest) -> PredictResponse:
-    return PredictResponse(
+async def predict(request: PredictRequest) -> Response:
+    response = PredictResponse(
         predictions=[
             Prediction(
                 request_id=i.request_id or "",
@@ -25,3 +26,5 @@ async def predict(request: PredictRequest) -> PredictResponse:
             for i in request.instances
         ]
     )
+    # Serialised as the service does (serving.app): pydantic-core straight to bytes.
+    return Response(response.model_dump_json(), media_type="application/json")

@@ -279,6 +279,27 @@ def _rds_ca_bundle(file: str) -> str:
     return text
 
 
+# A Kubernetes CPU quantity: cores ("2", "1.5") or millicores ("500m").
+_CPU_QUANTITY = re.compile(r"(\d+(?:\.\d+)?)(m?)")
+
+
+def cpu_cores(quantity: str, key: str) -> float:
+    """A Kubernetes CPU quantity in cores; InfraConfigError naming `key` if it is not one."""
+    match = _CPU_QUANTITY.fullmatch(quantity.strip())
+    if match is None or float(match[1]) == 0:
+        raise InfraConfigError(
+            f"mlre:{key} is {quantity!r}; use a Kubernetes CPU quantity such as 500m or 2"
+        )
+    return float(match[1]) / (1000 if match[2] else 1)
+
+
+def _cpu_request(cfg: pulumi.Config, key: str) -> str:
+    """The quantity as written (Kubernetes reads it), checked now rather than at apply time."""
+    value = cfg.require(key)
+    cpu_cores(value, key)
+    return value
+
+
 def _serving_bounds(cfg: pulumi.Config) -> tuple[int, int, int]:
     """HPA floor, ceiling and CPU target of the prediction service, checked against each other."""
     low, high = cfg.require_int("servingReplicasMin"), cfg.require_int("servingReplicasMax")
@@ -383,7 +404,7 @@ def _services(cfg: pulumi.Config) -> ServicesConfig:
         serving_min_replicas=serving_min,
         serving_max_replicas=serving_max,
         serving_cpu_target=serving_cpu_target,
-        serving_cpu_request=cfg.require("servingCpuRequest"),
+        serving_cpu_request=_cpu_request(cfg, "servingCpuRequest"),
         serving_memory=cfg.require("servingMemory"),
         prefect_image=pinned_image(cfg.require("prefectImage"), "prefectImage"),
         prefect_api_url=cfg.require("prefectApiUrl"),

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pulumi
 import pulumi_kubernetes as k8s
 
 from infra import iam
+from infra.config import cpu_cores
 from infra.db_bootstrap import DatabaseAccess
 from infra.feast_service import FeatureStoreAccess
 from infra.k8s import (
@@ -25,7 +28,10 @@ from mlre.k8s_labels import SERVING_SCRAPE_JOB
 APP = "serving"
 PORT = 8000  # MLRE_SERVING_PORT; set explicitly below so the image default cannot drift
 UID = 10001  # the flows image's USER (Dockerfile)
-HOME = "/tmp/mlre"  # MLRE_HOME: the emptyDir; downloaded models and temp files only
+# MLRE_HOME: on the writable emptyDir (the root filesystem is read-only): downloaded models, temp
+# files, and with several workers the Prometheus multiprocess directory `python -m serving`
+# creates for them (`<MLRE_HOME>/run/serving-metrics-<pid>`).
+HOME = "/tmp/mlre"
 # Key prefix of the prediction log in its bucket: mlre.prediction_log.predictions_dir writes
 # `<MLRE_PREDICTION_LOG_URI>/predictions/<model>/part-*.parquet`; the role may write there and
 # nowhere else.
@@ -62,6 +68,12 @@ def serving_policy(
             iam.statement(["kms:Decrypt", "kms:DescribeKey", "kms:GenerateDataKey"], [kms_key_arn]),
         ]
     )
+
+
+def serving_workers(cpu_request: str) -> int:
+    """MLRE_SERVING_WORKERS for a pod's CPU request: one worker process per whole core, at least
+    one (a worker is single-threaded where it matters: the event loop and the GIL)."""
+    return max(1, math.floor(cpu_cores(cpu_request, "servingCpuRequest")))
 
 
 def serving_probes() -> dict:
@@ -157,6 +169,7 @@ class ServingService(pulumi.ComponentResource):
         env = {
             "MLRE_HOST": "0.0.0.0",  # settings.host defaults to 127.0.0.1: unreachable in a pod
             "MLRE_SERVING_PORT": str(PORT),
+            "MLRE_SERVING_WORKERS": str(serving_workers(cpu_request)),
             "MLRE_HOME": HOME,
             "MLRE_STORE_PROFILE": "production",
             "MLRE_MLFLOW_URI": mlflow_uri,

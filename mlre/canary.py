@@ -184,18 +184,36 @@ def arm_stats(metrics_text: str, version: str, route: str) -> ArmStats:
     return ArmStats(predictions=predictions, errors=errors, buckets=ordered)
 
 
-def served_state(metrics_text: str) -> tuple[float, dict[str, str]]:
-    """(canary share, slot -> version) the service reports it is serving right now."""
+def worker_states(metrics_text: str) -> dict[str, tuple[float, dict[str, str]]]:
+    """(canary share, slot -> version) by worker process: the `pid` label a service with several
+    workers gives these gauges (prometheus_client's multiprocess mode), "" for one process."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    share, slots = 0.0, {}
+    shares: dict[str, float] = {}
+    slots: dict[str, dict[str, str]] = {}
     for family in text_string_to_metric_families(metrics_text):
         for sample in family.samples:
+            pid = sample.labels.get("pid", "")
             if sample.name == SHARE_METRIC:
-                share = sample.value
+                shares[pid] = sample.value
             elif sample.name == MODEL_INFO_METRIC and sample.value == 1:
-                slots[sample.labels["slot"]] = sample.labels["version"]
-    return share, slots
+                slots.setdefault(pid, {})[sample.labels["slot"]] = sample.labels["version"]
+    return {pid: (shares.get(pid, 0.0), slots.get(pid, {})) for pid in shares.keys() | slots}
+
+
+def served_state(metrics_text: str) -> tuple[float, dict[str, str]]:
+    """(canary share, slot -> version) the service reports it is serving right now: the state
+    every worker reports, or (nan, {}) while its workers differ (mid-switch)."""
+    states = {
+        (share, tuple(sorted(slots.items())))
+        for share, slots in worker_states(metrics_text).values()
+    }
+    if not states:
+        return 0.0, {}
+    if len(states) > 1:
+        return math.nan, {}
+    ((share, slots),) = states
+    return share, dict(slots)
 
 
 def _window(seconds: float) -> str:
@@ -215,14 +233,20 @@ def arm_stats_from_prometheus(query: Query, version: str, route: str, window_s: 
 
 
 def replicas_switched(query: Query, version: str, share: float) -> tuple[int, int]:
-    """(replicas serving `version` as canary at `share`, replicas Prometheus sees serving)."""
+    """(replicas serving `version` as canary at `share`, replicas Prometheus sees serving).
+
+    A replica with several worker processes reports the state per worker (a `pid` label); it is
+    switched once every one of its workers is. One-process replicas have no `pid` label, which
+    matches as empty on both sides."""
     v = label_value(version)
-    total = scalar(query(f"count({SHARE_METRIC})"), 0.0)
+    workers = f"count by (instance) ({SHARE_METRIC})"
+    switched_workers = (
+        f"({SHARE_METRIC} == {share!r}) and on (instance, pid) "
+        f'({MODEL_INFO_METRIC}{{slot="canary",version="{v}"}} == 1)'
+    )
+    total = scalar(query(f"count({workers})"), 0.0)
     switched = scalar(
-        query(
-            f"count(({SHARE_METRIC} == {share!r}) and on (instance) "
-            f'({MODEL_INFO_METRIC}{{slot="canary",version="{v}"}} == 1))'
-        ),
+        query(f"count(count by (instance) ({switched_workers}) == on (instance) {workers})"),
         0.0,
     )
     return int(switched), int(total)

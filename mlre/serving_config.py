@@ -22,6 +22,16 @@ class ServingConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MLRE_SERVING_", extra="ignore")
 
     port: int = Field(8000, description="Port on settings.host (127.0.0.1 by default).")
+    workers: int = Field(
+        1,
+        ge=1,
+        description=(
+            "Worker processes of `python -m serving` sharing the port (uvicorn's multi-process "
+            "mode). Each has its own model holder and alias poller, Feast client, circuit "
+            "breaker, micro-batcher and prediction-log writer (log files are named by pid); "
+            "/metrics sums their counters. Size it to the pod's CPU request (whole cores)."
+        ),
+    )
     model_name: str | None = Field(None, description="Registered model (default MLRE_MODEL_NAME).")
     poll_interval_s: float = Field(5.0, gt=0, description="How often aliases are re-read.")
     max_instances: int = Field(256, ge=1, description="Instances per /predict call (else 413).")

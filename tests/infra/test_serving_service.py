@@ -12,7 +12,7 @@ import yaml
 
 from infra.config import InfraConfigError, load_config
 from infra.policy.rules import POLICIES
-from infra.serving_service import APP, PORT, PREDICTION_PREFIX
+from infra.serving_service import APP, PORT, PREDICTION_PREFIX, serving_workers
 from mlre import k8s_labels
 from tests.infra.infra_harness import (
     PUBLIC_EXPOSURE,
@@ -112,6 +112,42 @@ def test_image_and_resources_come_from_config(stack_runs: dict[str, Run], stack:
         "requests": {"cpu": _config(stack, "servingCpuRequest"), "memory": memory},
         "limits": {"memory": memory},
     }
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_workers_match_the_cpu_request(stack_runs: dict[str, Run], stack: str) -> None:
+    env = {e["name"]: e["value"] for e in _container(stack_runs[stack])["env"]}
+    assert env["MLRE_SERVING_WORKERS"] == str(serving_workers(_config(stack, "servingCpuRequest")))
+
+
+def test_a_bigger_cpu_request_runs_more_workers() -> None:
+    run = run_stack("dev", {"mlre:servingCpuRequest": "2"})
+    env = {e["name"]: e["value"] for e in _container(run)["env"]}
+    assert env["MLRE_SERVING_WORKERS"] == "2"
+    assert _container(run)["resources"]["requests"]["cpu"] == "2"
+
+
+@pytest.mark.parametrize(
+    ("cpu_request", "workers"),
+    [("250m", 1), ("500m", 1), ("1", 1), ("1500m", 1), ("2", 2), ("2.5", 2), ("4000m", 4)],
+)
+def test_one_worker_per_whole_core_and_at_least_one(cpu_request: str, workers: int) -> None:
+    assert serving_workers(cpu_request) == workers
+
+
+def test_workers_metrics_dir_is_on_a_writable_empty_dir(stack_run: Run) -> None:
+    # `python -m serving` keeps its workers' Prometheus files under MLRE_HOME/run; the root
+    # filesystem is read-only, so MLRE_HOME must be on a writable emptyDir mount.
+    pod = _objects(stack_run)["Deployment"]["spec"]["template"]["spec"]
+    container = _container(stack_run)
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    home = {e["name"]: e["value"] for e in container["env"]}["MLRE_HOME"]
+    (mount,) = [
+        m for m in container["volumeMounts"] if home.startswith(m["mountPath"].rstrip("/") + "/")
+    ]
+    assert not mount.get("readOnly", False)
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert "emptyDir" in volume
 
 
 def test_probes_hit_healthz_and_readyz(stack_run: Run) -> None:
@@ -301,6 +337,8 @@ def test_serving_keys_are_declared_and_the_image_has_no_default() -> None:
         ({"mlre:servingReplicasMin": 5, "mlre:servingReplicasMax": 3}, "servingReplicasMax"),
         ({"mlre:servingCpuTarget": 0}, "servingCpuTarget"),
         ({"mlre:servingCpuTarget": 150}, "servingCpuTarget"),
+        ({"mlre:servingCpuRequest": "two"}, "servingCpuRequest is 'two'"),
+        ({"mlre:servingCpuRequest": "0m"}, "servingCpuRequest"),
     ],
 )
 def test_bad_serving_bounds_fail_with_the_key_named(overrides: dict, message: str) -> None:

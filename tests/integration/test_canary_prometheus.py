@@ -1,13 +1,21 @@
 """The canary's Prometheus path against a real Prometheus: two replicas of the service (their
 series pushed through a real Pushgateway with their own `instance`), so "switched" means every
-replica, and the arms' error rate and latency are summed over all of them."""
+replica (and every worker process of a replica), and the arms' error rate and latency are summed
+over all of them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, push_to_gateway
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    delete_from_gateway,
+    push_to_gateway,
+)
 
 from mlre import canary
 from mlre.prometheus_api import querier
@@ -16,6 +24,7 @@ from tests.integration.test_monitoring_stack import Stack, monitoring_stack
 
 pytestmark = pytest.mark.integration
 CHAMPION, CANDIDATE = "6", "7"
+JOB = "mlre-serving-replicas"
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +34,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 class Replica:
-    """One replica's /metrics, as serving.metrics names them, pushed as `instance`."""
+    """One replica's /metrics, as serving.metrics names them, pushed as `instance`; with `pid`,
+    one worker process of a replica (its state gauges carry the worker's `pid` label, as with
+    MLRE_SERVING_WORKERS > 1)."""
 
-    def __init__(self, stack: Stack, instance: str) -> None:
+    def __init__(self, stack: Stack, instance: str, pid: str | None = None) -> None:
         self.stack, self.instance = stack, instance
+        self.grouping_key = {"instance": instance, **({"pid": pid} if pid else {})}
         self.registry = r = CollectorRegistry()
         self.predictions = Counter(
             canary.REQUESTS_METRIC, "", ["model_version", "route"], registry=r
@@ -60,19 +72,40 @@ class Replica:
     def push(self) -> None:
         push_to_gateway(
             self.stack.settings.pushgateway_endpoint,
-            job="mlre-serving-replicas",
-            grouping_key={"instance": self.instance},
+            job=JOB,
+            grouping_key=self.grouping_key,
             registry=self.registry,
         )
+
+    def delete(self) -> None:
+        delete_from_gateway(
+            self.stack.settings.pushgateway_endpoint, job=JOB, grouping_key=self.grouping_key
+        )
+
+
+@pytest.fixture
+def replicas(stack: Stack) -> Iterator[Callable[..., Replica]]:
+    """Factory of replicas; afterwards their series are gone from Prometheus, so every test
+    counts replicas from zero whatever ran before it."""
+    made: list[Replica] = []
+
+    def make(instance: str, pid: str | None = None) -> Replica:
+        made.append(Replica(stack, instance, pid))
+        return made[-1]
+
+    yield make
+    for replica in made:
+        replica.delete()
+    stack.wait_for(f'absent({canary.SHARE_METRIC}{{job="{JOB}"}})', "replicas gone")
 
 
 def _scraped(stack: Stack, promql: str, value: float, what: str) -> None:
     stack.wait_for(f"{promql} == {value!r}", what)
 
 
-def test_switched_means_every_replica(stack: Stack) -> None:
+def test_switched_means_every_replica(stack: Stack, replicas: Callable[..., Replica]) -> None:
     query = querier(stack.settings.prometheus_endpoint)
-    first, second = Replica(stack, "pod-a:8000"), Replica(stack, "pod-b:8000")
+    first, second = replicas("pod-a:8000"), replicas("pod-b:8000")
     first.serve(0.25, CANDIDATE)
     second.serve(0.05, None)  # still on the previous step: not switched yet
     _scraped(stack, f"count({canary.SHARE_METRIC})", 2, "both replicas scraped")
@@ -83,19 +116,35 @@ def test_switched_means_every_replica(stack: Stack) -> None:
     assert canary.replicas_switched(query, CANDIDATE, 0.25) == (2, 2)
 
 
-def test_arm_stats_sum_every_replica(stack: Stack) -> None:
+def test_switched_means_every_worker_of_a_replica(
+    stack: Stack, replicas: Callable[..., Replica]
+) -> None:
     query = querier(stack.settings.prometheus_endpoint)
-    replicas = [Replica(stack, f"pod-{i}:8000") for i in "xy"]
-    for replica in replicas:  # the step starts: counters at some value
+    single = replicas("pod-s:8000")  # one process: no pid label
+    workers = [replicas("pod-w:8000", pid) for pid in ("101", "102")]
+    single.serve(0.25, CANDIDATE)
+    workers[0].serve(0.25, CANDIDATE)
+    workers[1].serve(0.05, None)  # this worker's poller has not seen the step yet
+    _scraped(stack, f"count({canary.SHARE_METRIC})", 3, "every worker scraped")
+    assert canary.replicas_switched(query, CANDIDATE, 0.25) == (1, 2)
+    workers[1].serve(0.25, CANDIDATE)
+    _scraped(stack, f"sum({canary.SHARE_METRIC})", 0.75, "the last worker switched")
+    assert canary.replicas_switched(query, CANDIDATE, 0.25) == (2, 2)
+
+
+def test_arm_stats_sum_every_replica(stack: Stack, replicas: Callable[..., Replica]) -> None:
+    query = querier(stack.settings.prometheus_endpoint)
+    pods = [replicas(f"pod-{i}:8000") for i in "xy"]
+    for replica in pods:  # the step starts: counters at some value
         replica.answer(CHAMPION, "champion", 10, 0.004)
         replica.answer(CANDIDATE, "canary", 10, 0.004)
         replica.push()
     total = f'sum({canary.REQUESTS_METRIC}_total{{instance=~"pod-[xy]:8000"}})'
     _scraped(stack, total, 40, "the step's first counters")
     # During the step: the canary errs on one replica and is slow on the other.
-    replicas[0].answer(CANDIDATE, "canary", 95, 0.004, errors=5)
-    replicas[1].answer(CANDIDATE, "canary", 100, 0.2)
-    for replica in replicas:
+    pods[0].answer(CANDIDATE, "canary", 95, 0.004, errors=5)
+    pods[1].answer(CANDIDATE, "canary", 100, 0.2)
+    for replica in pods:
         replica.answer(CHAMPION, "champion", 300, 0.004)
         replica.push()
     _scraped(stack, total, 40 + 195 + 600, "the step's last counters")

@@ -3,10 +3,7 @@ for shutdown, a real uvicorn process."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -26,13 +23,13 @@ from mlre.canary import CANARY_SHARE_TAG, in_canary
 from mlre.mlflow_uri import global_tracking_uri
 from mlre.prediction_log import read_predictions
 from mlre.serving_config import ServingConfig
-from mlre.settings import PROJECT_ROOT, Settings
-from mlre.supervisor import free_port
+from mlre.settings import Settings
 from mlre.waiting import wait_until
 from serving.app import create_app
 from serving.features import plan_service, read_features
 from serving.models import mlflow_loader
 from tests.integration.conftest import FeatureEnv, build_feature_env, recent_config
+from tests.support.serving_process import HOLD_THE_LOG, serving_env, serving_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -411,64 +408,27 @@ def _breaker_open(client: TestClient) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def test_sigterm_flushes_every_prediction(local_env, two_versions, mlflow_server) -> None:
+def test_sigterm_flushes_every_prediction(local_env, two_versions, mlflow_server, tmp_path) -> None:
     name, v1, _ = two_versions
-    port = free_port()
-    env = {
-        **os.environ,
-        "MLRE_HOME": str(local_env.settings.home),
-        "MLRE_MLFLOW_URI": mlflow_server.tracking_uri,
-        "MLRE_MODEL_NAME": name,
-        "MLRE_SERVING_PORT": str(port),
-        # Nothing is written before SIGTERM: the shutdown flush has to write every row.
-        "MLRE_SERVING_LOG_FLUSH_INTERVAL_S": "3600",
-        "MLRE_SERVING_LOG_FLUSH_ROWS": "1000000",
-        # The subject is the flush, not latency: a loaded CI machine must not turn a slow online
-        # read into a rule fallback (model_version "rule") and fail the version check below.
-        "MLRE_SERVING_FEATURE_TIMEOUT_S": "30",
-        # As in production: the service refuses MLflow's pickle loading (python -m serving).
-        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
-    }
+    env = serving_env(local_env.settings, mlflow_server.tracking_uri, name, **HOLD_THE_LOG)
     lake = Path(local_env.settings.lake_dir)
     before = len(read_predictions(lake, name))
     started = pd.Timestamp.now(tz="UTC")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "serving"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-
-        def ready() -> bool:
-            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-            try:
-                return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        _wait(ready, timeout_s=90, what="service readiness")
+    with serving_process(env, tmp_path / "serving.out") as service:
+        service.wait_ready()
         rng = np.random.default_rng(11)
         n = 0
-        with httpx.Client(base_url=base, timeout=5) as http:
+        with httpx.Client(base_url=service.url, timeout=5) as http:
             for _ in range(40):
                 batch = random_instances(customers(local_env), 3, rng)
                 response = http.post("/predict", json={"instances": batch})
                 assert response.status_code == 200
                 n += len(batch)
         assert len(read_predictions(lake, name)) == before  # still all in memory
-        proc.send_signal(signal.SIGTERM)
         # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status says why.
-        assert proc.wait(timeout=30) in {0, -signal.SIGTERM}
-        output = proc.stdout.read().decode() if proc.stdout else ""
+        assert service.stop(timeout_s=30) in {0, -signal.SIGTERM}
+        output = service.output()
         assert "120 prediction rows written in total, 0 left" in output, output[-2000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     logged = read_predictions(lake, name)
     assert len(logged) - before == n == 120
     assert set(logged.loc[logged["predicted_at"] >= started, "model_version"]) == {v1}

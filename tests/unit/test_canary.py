@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -140,6 +141,30 @@ def test_arm_stats_read_counts_errors_and_latency_from_metrics_text() -> None:
     assert delta.predictions == 50
     assert delta.errors == 0
     assert canary.served_state(METRICS) == (0.25, {"champion": "1", "canary": "2"})
+
+
+def _workers_text(second_share: float, second_canary: str) -> str:
+    """Two workers' state gauges as prometheus_client's multiprocess mode labels them."""
+    return f"""# TYPE mlre_serving_canary_share gauge
+mlre_serving_canary_share{{pid="101"}} 0.25
+mlre_serving_canary_share{{pid="102"}} {second_share}
+# TYPE mlre_serving_model_info gauge
+mlre_serving_model_info{{pid="101",slot="champion",version="1"}} 1.0
+mlre_serving_model_info{{pid="101",slot="canary",version="2"}} 1.0
+mlre_serving_model_info{{pid="102",slot="champion",version="1"}} 1.0
+mlre_serving_model_info{{pid="102",slot="canary",version="{second_canary}"}} 1.0
+"""
+
+
+def test_served_state_of_several_workers_is_the_one_they_all_report() -> None:
+    agreed = _workers_text(0.25, "2")
+    assert canary.worker_states(agreed)["102"] == (0.25, {"champion": "1", "canary": "2"})
+    assert canary.served_state(agreed) == (0.25, {"champion": "1", "canary": "2"})
+    for mid_switch in (_workers_text(0.05, "2"), _workers_text(0.25, "9")):
+        share, slots = canary.served_state(mid_switch)
+        assert math.isnan(share)  # never equal to the share the canary waits for
+        assert slots == {}
+    assert canary.served_state("") == (0.0, {})
 
 
 def _evidence(canary_scores: np.ndarray, canary_arm: canary.ArmStats | None = None):
