@@ -5,8 +5,8 @@ slow server shows up as latency and errors, never as a politely lower rate. Each
 one instance with a random known customer and amount and carries its own request_id
 (`<prefix>-<i>`), so the prediction log can be matched against what was answered. With
 `--features` it sends `feast serve` bodies for the same customers instead (the fetch-only
-reference of the serving benchmark). Runs in its own
-process (asyncio + httpx) so it does not share an interpreter with the service it measures:
+reference of the serving benchmark). Runs in its own process (asyncio streams, see `Client`) so
+it does not share an interpreter with the service it measures:
 
     python -m bench.loadgen http://127.0.0.1:8000/predict --rate 50 --duration 600 --window 10
 
@@ -30,6 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 DEFAULT_FIRST_CUSTOMER = 1000  # mlre.data.generator's customer_id_offset
 
@@ -167,27 +168,127 @@ def report(
 
 # ---- sending ----------------------------------------------------------------------------------
 
+# A kept-alive connection idle this long is closed rather than reused: uvicorn closes idle ones
+# after 5 s, and a request written into a connection the server is closing fails for no reason
+# of the service's.
+IDLE_REUSE_S = 2.0
 
-def _parse(response: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+
+class HttpError(Exception):
+    """The server's answer could not be read as HTTP/1.1."""
+
+
+async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
+    """Status, body and whether the connection may be reused, of one HTTP/1.1 answer."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    parts = status_line.split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
+        raise HttpError(f"not an HTTP/1.x status line: {status_line!r}")
+    headers = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip().lower()
+    if headers.get("transfer-encoding") == "chunked":
+        chunks = []
+        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+            chunks.append(await reader.readexactly(size + 2))  # the chunk and its CRLF
+        await reader.readuntil(b"\r\n")  # no trailers: the final empty line
+        body = b"".join(chunk[:-2] for chunk in chunks)
+    else:
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return int(parts[1]), body, headers.get("connection") != "close"
+
+
+@dataclass(eq=False)  # identity-hashed: kept in a set
+class _Connection:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    idle_since: float = 0.0
+
+
+class Client:
+    """POSTs over a pool of kept-alive HTTP/1.1 connections, one request at a time each.
+
+    A few dozen lines of asyncio streams instead of an HTTP library: httpx spends about a
+    millisecond of CPU per request, which on a 2-core machine made the generator, not the server,
+    the bottleneck above ~100 req/s. Here a request costs tens of microseconds."""
+
+    def __init__(self, url: str, connections: int, timeout_s: float) -> None:
+        parsed = urlsplit(url)
+        if parsed.scheme != "http" or not parsed.hostname:
+            raise ValueError(f"load generator URL {url!r}: only plain http://host:port/path")
+        self.host, self.port = parsed.hostname, parsed.port or 80
+        self.path = parsed.path or "/"
+        self.timeout_s = timeout_s
+        self._slots = asyncio.Semaphore(connections)
+        self._idle: list[_Connection] = []
+        self._open: set[_Connection] = set()
+
+    def _request(self, body: bytes) -> bytes:
+        head = (
+            f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        return head.encode("latin-1") + body
+
+    async def _connection(self) -> _Connection:
+        now = time.monotonic()
+        while self._idle:
+            connection = self._idle.pop()
+            if now - connection.idle_since < IDLE_REUSE_S:
+                return connection
+            self._close(connection)
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        connection = _Connection(reader, writer)
+        self._open.add(connection)
+        return connection
+
+    def _close(self, connection: _Connection) -> None:
+        connection.writer.close()
+        self._open.discard(connection)
+
+    async def post(self, body: bytes) -> tuple[int, bytes]:
+        """Status and body of one POST; a failure closes its connection and propagates."""
+        async with self._slots:
+            async with asyncio.timeout(self.timeout_s):
+                connection = await self._connection()
+                try:
+                    connection.writer.write(self._request(body))
+                    status, answer, reusable = await _read_answer(connection.reader)
+                except BaseException:
+                    self._close(connection)
+                    raise
+            if reusable:
+                connection.idle_since = time.monotonic()
+                self._idle.append(connection)
+            else:
+                self._close(connection)
+            return status, answer
+
+    async def close(self) -> None:
+        for connection in list(self._open):
+            self._close(connection)
+        self._idle.clear()
+
+
+def _parse(body: bytes) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Routes and model versions named by a /predict answer."""
-    predictions = response.json().get("predictions", [])
+    predictions = json.loads(body).get("predictions", [])
     return tuple(p["route"] for p in predictions), tuple(p["model_version"] for p in predictions)
 
 
-async def _send(
-    client: Any, url: str, body: dict[str, Any], due_s: float, lag_ms: float
-) -> Outcome:
+async def _send(client: Client, body: dict[str, Any], due_s: float, lag_ms: float) -> Outcome:
     began = time.perf_counter()
     try:
-        response = await client.post(url, json=body)
+        status, answer = await client.post(json.dumps(body).encode())
     except Exception as exc:  # a refused connection or a timeout is an error to count
         latency = (time.perf_counter() - began) * 1000
         return Outcome(due_s, latency, 0, type(exc).__name__, lag_ms=lag_ms)
     latency = (time.perf_counter() - began) * 1000
-    if response.status_code != 200:
-        status = response.status_code
+    if status != 200:
         return Outcome(due_s, latency, status, f"HTTP {status}", lag_ms=lag_ms)
-    routes, versions = _parse(response)
+    routes, versions = _parse(answer)
     return Outcome(due_s, latency, 200, None, routes, versions, lag_ms)
 
 
@@ -199,15 +300,11 @@ def _schedule_base(start_at: float | None) -> float:
 
 async def run(config: LoadConfig) -> dict[str, Any]:
     """Warm up (sequential, reported apart), then send the schedule and wait for every answer."""
-    import httpx
-
     bodies = Bodies(config)
-    limits = httpx.Limits(
-        max_connections=config.connections, max_keepalive_connections=config.connections
-    )
-    async with httpx.AsyncClient(timeout=config.timeout_s, limits=limits) as client:
+    client = Client(config.url, config.connections, config.timeout_s)
+    try:
         warm = [
-            await _send(client, config.url, bodies.make(f"{config.id_prefix}-w{i}"), 0.0, 0.0)
+            await _send(client, bodies.make(f"{config.id_prefix}-w{i}"), 0.0, 0.0)
             for i in range(config.warmup)
         ]
         base = _schedule_base(config.start_at)
@@ -220,9 +317,11 @@ async def run(config: LoadConfig) -> dict[str, Any]:
                 await asyncio.sleep(delay)
             lag_ms = max(0.0, -delay) * 1000
             body = bodies.make(f"{config.id_prefix}-{i}")
-            tasks.append(asyncio.create_task(_send(client, config.url, body, due, lag_ms)))
+            tasks.append(asyncio.create_task(_send(client, body, due, lag_ms)))
         measured = list(await asyncio.gather(*tasks))
         elapsed = time.perf_counter() - base
+    finally:
+        await client.close()
     return report(config, warm, measured, elapsed)
 
 

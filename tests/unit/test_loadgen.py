@@ -1,6 +1,9 @@
-"""The load generator's statistics and the soak report, on hand-made outcomes."""
+"""The load generator (statistics on hand-made outcomes, its HTTP client on a loopback socket)
+and the soak report."""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 
@@ -108,3 +111,83 @@ def test_soak_report_counts_a_missing_log_row_as_lost() -> None:
     )
     assert result["prediction_log"]["lost"] == 1
     assert result["met"]["lost_rows"] is False
+
+
+# ---- the HTTP client, against a scripted server on a loopback socket ---------------------------
+
+
+async def _serve(answers: list[bytes]) -> tuple[asyncio.Server, list[bytes], int]:
+    """A server that reads one request per answer, in order, over whatever connections come;
+    returns it, the requests it read, and its port."""
+    requests: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while answers:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+            requests.append(head + await reader.readexactly(length))
+            answer = answers.pop(0)
+            writer.write(answer)
+            await writer.drain()
+            if b"Connection: close" in answer:
+                break
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, requests, server.sockets[0].getsockname()[1]
+
+
+def test_client_reads_sized_and_chunked_answers_over_one_kept_alive_connection() -> None:
+    sized = b'HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n{"a":1}'
+    chunked = (
+        b'HTTP/1.1 422 X\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{"b\r\n4\r\n":2}\r\n0\r\n\r\n'
+    )
+
+    async def scenario() -> tuple[list, list[bytes]]:
+        server, requests, port = await _serve([sized, chunked])
+        client = loadgen.Client(f"http://127.0.0.1:{port}/predict", 4, 5.0)
+        answers = [await client.post(b'{"x":1}'), await client.post(b"{}")]
+        opened = len(client._open)
+        await client.close()
+        server.close()
+        return [*answers, opened], requests
+
+    (first, second, opened), requests = asyncio.run(scenario())
+    assert first == (200, b'{"a":1}')
+    assert second == (422, b'{"b":2}')
+    assert opened == 1  # the second request reused the first's connection
+    assert requests[0].startswith(b"POST /predict HTTP/1.1\r\n")
+    assert requests[0].endswith(b'{"x":1}')
+
+
+def test_client_opens_a_new_connection_after_the_server_closes_one() -> None:
+    closing = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+
+    async def scenario() -> list:
+        server, _, port = await _serve([closing, closing])
+        client = loadgen.Client(f"http://127.0.0.1:{port}/p", 4, 5.0)
+        answers = [await client.post(b"{}"), await client.post(b"{}")]
+        await client.close()
+        server.close()
+        return answers
+
+    assert asyncio.run(scenario()) == [(200, b"{}"), (200, b"{}")]
+
+
+def test_a_refused_connection_is_an_error_outcome_not_a_crash() -> None:
+    async def scenario() -> Outcome:
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        server.close()
+        await server.wait_closed()  # nothing listens on the port now
+        client = loadgen.Client(f"http://127.0.0.1:{port}/predict", 1, 5.0)
+        return await loadgen._send(client, {"instances": []}, 0.0, 0.0)
+
+    outcome = asyncio.run(scenario())
+    assert outcome.status == 0
+    assert outcome.error == "ConnectionRefusedError"
+
+
+def test_client_refuses_urls_it_cannot_speak() -> None:
+    with pytest.raises(ValueError, match="only plain http"):
+        loadgen.Client("https://example.org/predict", 1, 1.0)
