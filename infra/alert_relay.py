@@ -7,7 +7,6 @@ both sides read: the relay as `MLRE_RELAY_TOKEN`, Alertmanager as a mounted file
 from __future__ import annotations
 
 import pulumi
-import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from infra.k8s import (
@@ -21,14 +20,15 @@ from infra.k8s import (
     http_service,
     resources,
     secret_env,
+    tokenless_service_account,
 )
 from infra.monitoring import RelayReceiver
+from infra.prefect_worker import PrefectClient
 from infra.serving_service import UID  # the same image (mlre:servingImage), the same user
 
 APP = "alert-relay"
 PORT = 9096  # MLRE_RELAY_PORT; set explicitly below so the image default cannot drift
 TOKEN_KEY = "MLRE_RELAY_TOKEN"  # the Secret's key: the env var and Alertmanager's file name
-PREFECT_KEY = "PREFECT_API_KEY"  # read by mlre.relay_config.RelayConfig.prefect_api_key
 # MLRE_HOME on the /tmp emptyDir. The ledger (MLRE_HOME/relay/ledger.sqlite) lives there: a
 # restart forgets it, and Prefect's own check of seen event ids then covers the re-deliveries.
 HOME = f"{TMP}/mlre"
@@ -43,8 +43,7 @@ class AlertRelay(pulumi.ComponentResource):
         *,
         namespace: str,
         image: str,
-        prefect_api_url: str,
-        prefect_api_key: pulumi.Input[str],
+        prefect: PrefectClient,
         access: ClusterAccess,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
@@ -57,21 +56,17 @@ class AlertRelay(pulumi.ComponentResource):
             name,
             app=APP,
             namespace=namespace,
-            # The workers' Prefect API key too: the relay posts events as they do.
-            string_data={TOKEN_KEY: self.token.result, PREFECT_KEY: prefect_api_key},
+            # The workers' Prefect credential too, under its env var's name (PREFECT_API_KEY or
+            # PREFECT_API_AUTH_STRING; mlre.relay_config reads either): it posts events as they do.
+            string_data={TOKEN_KEY: self.token.result, prefect.credential_env: prefect.credential},
             opts=k8s_opts,
         )
-        k8s.core.v1.ServiceAccount(
-            f"{name}-sa",
-            metadata={"name": APP, "namespace": namespace},
-            automount_service_account_token=False,  # the relay never calls the Kubernetes API
-            opts=k8s_opts,
-        )
+        # The relay never calls the Kubernetes API.
+        tokenless_service_account(name, app=APP, namespace=namespace, opts=k8s_opts)
         env = {
             "MLRE_HOST": "0.0.0.0",  # settings.host defaults to 127.0.0.1: unreachable in a pod
             "MLRE_RELAY_PORT": str(PORT),
             "MLRE_HOME": HOME,
-            "MLRE_RELAY_PREFECT_API_URL": prefect_api_url,
         }
         hardened_deployment(
             f"{name}-deployment",
@@ -83,9 +78,11 @@ class AlertRelay(pulumi.ComponentResource):
             port=PORT,
             env=[
                 *({"name": k, "value": v} for k, v in env.items()),
+                {"name": "MLRE_RELAY_PREFECT_API_URL", "value": prefect.url},
                 secret_env(TOKEN_KEY, secret_name),
-                secret_env(PREFECT_KEY, secret_name),
+                secret_env(prefect.credential_env, secret_name),
             ],
+            pod_annotations=prefect.pod_annotations(),
             resources=resources("50m", "256Mi"),
             probes=http_probes("/healthz", PORT, startup_seconds=60),
             tmp_size_limit="256Mi",

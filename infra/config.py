@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pulumi
 
+from mlre import k8s_labels
+
 CAPACITY_TYPES = ("ON_DEMAND", "SPOT")
 REPO_ROOT = Path(__file__).resolve().parent.parent  # relative file keys are relative to this
 RDS_CA_URL = "https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem"
@@ -90,6 +92,14 @@ class PublicExposure:
 
 
 @dataclass(frozen=True)
+class PrefectApi:
+    """A Prefect API the user brings (mlre:prefectServer off): Prefect Cloud or their own server."""
+
+    url: str
+    key: pulumi.Output[str]
+
+
+@dataclass(frozen=True)
 class ServicesConfig:
     """Workloads on the cluster and how they are reached."""
 
@@ -107,9 +117,13 @@ class ServicesConfig:
     serving_cpu_target: int
     serving_cpu_request: str
     serving_memory: str
-    prefect_image: str
-    prefect_api_url: str
-    prefect_api_key: pulumi.Output[str]
+    prefect_image: str  # the workers' image; the in-cluster server runs it too
+    prefect_api: PrefectApi | None  # None: the stack runs its own Prefect server
+
+    @property
+    def prefect_server(self) -> bool:
+        """Whether the stack runs the in-cluster Prefect server (mlre:prefectServer)."""
+        return self.prefect_api is None
 
 
 @dataclass(frozen=True)
@@ -126,6 +140,17 @@ class MonitoringConfig:
     replicas: int
     page_webhook_url: pulumi.Output[str]
     ticket_webhook_url: pulumi.Output[str]
+
+
+@dataclass(frozen=True)
+class DaskConfig:
+    """The Dask operator's chart and the worker pods a flow run's KubeCluster asks it for."""
+
+    operator_chart_version: str
+    worker_cpu: float  # cores per worker
+    worker_memory_mb: int  # MiB per worker: the pod's request and limit, Dask's memory limit
+    max_workers: int
+    worker_pool: str  # the `mlre.io/pool` value the workers run on: "cpu" or "gpu"
 
 
 @dataclass(frozen=True)
@@ -148,6 +173,7 @@ class StackConfig:
     services: ServicesConfig
     monitoring: MonitoringConfig
     budget: BudgetConfig
+    dask: DaskConfig
 
     @property
     def prefix(self) -> str:
@@ -337,7 +363,8 @@ def _public_exposure(cfg: pulumi.Config) -> PublicExposure | None:
         raise InfraConfigError(
             f"mlre:exposeServicesPublicly is on but mlre:publicCertificateArn is "
             f"{certificate_arn!r}; the load balancers terminate TLS only: request an ACM "
-            f"certificate for mlflow.{domain} and feast.{domain} and set its ARN"
+            f"certificate for mlflow.{domain} and feast.{domain} (and prefect.{domain} with "
+            "mlre:prefectServer) and set its ARN"
         )
     if not cidrs or any(ipaddress.ip_network(c).prefixlen == 0 for c in cidrs):
         raise InfraConfigError(
@@ -407,9 +434,35 @@ def _services(cfg: pulumi.Config) -> ServicesConfig:
         serving_cpu_request=_cpu_request(cfg, "servingCpuRequest"),
         serving_memory=cfg.require("servingMemory"),
         prefect_image=pinned_image(cfg.require("prefectImage"), "prefectImage"),
-        prefect_api_url=cfg.require("prefectApiUrl"),
-        prefect_api_key=cfg.require_secret("prefectApiKey"),
+        prefect_api=_prefect_api(cfg),
     )
+
+
+def prefect_api_problem(server: bool, url: str) -> str | None:
+    """Why mlre:prefectServer and mlre:prefectApiUrl do not fit together (None when they do)."""
+    if server and url:
+        return (
+            f"mlre:prefectServer is on, so the workers use the in-cluster server, but "
+            f"mlre:prefectApiUrl is {url!r}: unset it (`pulumi config rm mlre:prefectApiUrl`) "
+            "or turn mlre:prefectServer off to use that API"
+        )
+    if not server and not url.startswith(("https://", "http://")):
+        return (
+            f"mlre:prefectServer is off, so mlre:prefectApiUrl must be the Prefect API the "
+            f"workers use (a Prefect Cloud workspace URL or your server's .../api), not {url!r}; "
+            "or turn mlre:prefectServer on to run one in the cluster"
+        )
+    return None
+
+
+def _prefect_api(cfg: pulumi.Config) -> PrefectApi | None:
+    """The user's Prefect API and key, or None when the stack runs its own server (then the
+    key is not read: the in-cluster server authenticates with a generated auth string)."""
+    server, url = cfg.require_bool("prefectServer"), cfg.require("prefectApiUrl")
+    problem = prefect_api_problem(server, url)
+    if problem:
+        raise InfraConfigError(problem)
+    return None if server else PrefectApi(url, cfg.require_secret("prefectApiKey"))
 
 
 # A Prometheus duration: one or more <number><unit> pairs, e.g. 31d or 1w3d.
@@ -445,6 +498,37 @@ def _monitoring(cfg: pulumi.Config) -> MonitoringConfig:
     )
 
 
+DASK_WORKER_POOLS = (k8s_labels.CPU_POOL_LABEL_VALUE, k8s_labels.GPU_POOL_LABEL_VALUE)
+DASK_MIN_WORKER_MB = 256  # the flows' settings refuse less (MLRE_DASK_WORKER_MEMORY_MB)
+
+
+def _dask(cfg: pulumi.Config) -> DaskConfig:
+    """Dask section; GPU workers need a GPU pool to land on."""
+    workers, pool = cfg.require_int("daskMaxWorkers"), cfg.require("daskWorkerPool")
+    memory_mb = cfg.require_int("daskWorkerMemoryMb")
+    if workers < 1:
+        raise InfraConfigError(f"mlre:daskMaxWorkers is {workers}; use 1 or more")
+    if memory_mb < DASK_MIN_WORKER_MB:
+        raise InfraConfigError(
+            f"mlre:daskWorkerMemoryMb is {memory_mb}; use at least {DASK_MIN_WORKER_MB} (MiB)"
+        )
+    if pool not in DASK_WORKER_POOLS:
+        raise InfraConfigError(
+            f"mlre:daskWorkerPool is {pool!r}; use one of {', '.join(DASK_WORKER_POOLS)}"
+        )
+    if pool == k8s_labels.GPU_POOL_LABEL_VALUE and not cfg.require_object("gpuPools"):
+        raise InfraConfigError(
+            "mlre:daskWorkerPool is gpu but mlre:gpuPools is empty; add a GPU pool or use cpu"
+        )
+    return DaskConfig(
+        operator_chart_version=cfg.require("daskOperatorChartVersion"),
+        worker_cpu=cpu_cores(cfg.require("daskWorkerCpu"), "daskWorkerCpu"),
+        worker_memory_mb=memory_mb,
+        max_workers=workers,
+        worker_pool=pool,
+    )
+
+
 def load_config() -> StackConfig:
     """Read the whole stack config once into a frozen, validated object."""
     cfg = pulumi.Config()
@@ -460,4 +544,5 @@ def load_config() -> StackConfig:
             monthly_limit_usd=cfg.require_int("monthlyBudgetUsd"),
             alert_email=cfg.require("budgetAlertEmail"),
         ),
+        dask=_dask(cfg),
     )

@@ -6,6 +6,8 @@ each service connects as its own role, to its own database, verifying RDS' certi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pulumi
 import pulumi_aws as aws
 import pulumi_random as random
@@ -21,17 +23,19 @@ DB_PORT = db_roles.PORT
 
 class Database(pulumi.ComponentResource):
     """RDS PostgreSQL reachable only from the cluster's security group, with a generated password
-    for the master and for each service role (`db_roles.ROLES`)."""
+    for the master and for each service role in `roles` (`db_roles.stack_roles`)."""
 
     def __init__(
         self,
         name: str,
         cfg: DataConfig,
         placement: DataPlacement,
+        roles: Sequence[db_roles.ServiceRole] = db_roles.ROLES,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("mlre:infra:Database", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
+        self.roles = tuple(roles)
         self.password = random.RandomPassword(
             f"{name}-password", length=32, special=False, opts=child
         )
@@ -43,7 +47,7 @@ class Database(pulumi.ComponentResource):
                 special=False,
                 opts=child,
             )
-            for role in db_roles.ROLES
+            for role in self.roles
         }
         placed = placement.place(
             name,
@@ -83,13 +87,12 @@ class Database(pulumi.ComponentResource):
 
     def url_for(self, role: str, driver: str) -> pulumi.Output[str]:
         """Secret SQLAlchemy URL of a service role (`driver`: psycopg2 for MLflow, psycopg for
-        Feast) to its own database, verify-full against the mounted RDS CA bundle."""
-        service = db_roles.role_named(role)
+        Feast, asyncpg for Prefect) to its own database, verify-full against the mounted RDS CA
+        bundle (`db_roles.service_url`)."""
+        service = db_roles.role_named(role, self.roles)
         return pulumi.Output.secret(
             pulumi.Output.all(self.address, self.role_passwords[role].result).apply(
-                lambda a: db_roles.connection_url(
-                    f"postgresql+{driver}", service.name, a[1], a[0], service.database
-                )
+                lambda a: db_roles.service_url(driver, service.name, a[1], a[0], service.database)
             )
         )
 
@@ -103,11 +106,11 @@ class Database(pulumi.ComponentResource):
 
     def role_verifiers(self) -> pulumi.Output[dict[str, str]]:
         """Secret SCRAM verifier of each role's password, by role name (what the Job sets)."""
-        names = [role.name for role in db_roles.ROLES]
+        names = [role.name for role in self.roles]
         return pulumi.Output.secret(
             pulumi.Output.all(*(self.role_passwords[n].result for n in names)).apply(
                 lambda pws: {
-                    n: db_roles.role_verifier(db_roles.role_named(n), pw)
+                    n: db_roles.role_verifier(db_roles.role_named(n, self.roles), pw)
                     for n, pw in zip(names, pws, strict=True)
                 }
             )

@@ -149,12 +149,12 @@ class DatabaseRoles(pulumi.ComponentResource):
             string_data=pulumi.Output.all(database.admin_url(), verifiers).apply(
                 lambda a: {
                     db_roles.ADMIN_URL_ENV: a[0],
-                    **{db_roles.role_named(n).env_var: v for n, v in a[1].items()},
+                    **{db_roles.role_named(n, database.roles).env_var: v for n, v in a[1].items()},
                 }
             ),
             opts=k8s_opts,
         )
-        script_text = db_roles.render_script()
+        script_text = db_roles.render_script(database.roles)
         script = k8s.core.v1.ConfigMap(
             f"{name}-script",
             metadata={"name": f"{APP}-script", "namespace": admin_ns},
@@ -175,10 +175,10 @@ class DatabaseRoles(pulumi.ComponentResource):
             },
             spec=job_spec(
                 image,
-                job_env(secret.metadata.apply(lambda m: m["name"]), db_roles.ROLES),
+                job_env(secret.metadata.apply(lambda m: m["name"]), database.roles),
                 script.metadata.apply(lambda m: m["name"]),
                 self.ca_volumes[admin_ns],
-                db_roles.ROLES,
+                database.roles,
             ),
             opts=pulumi.ResourceOptions.merge(
                 k8s_opts, pulumi.ResourceOptions(custom_timeouts=AWAIT)

@@ -62,11 +62,16 @@ class ServiceRole:
 MLFLOW = ServiceRole("mlflow", "mlflow")  # tracking store and basic-auth users
 FEAST = ServiceRole("feast", "feast_registry")  # the feature server and the flows (feast apply)
 FEAST_READER = ServiceRole("feast_reader", "feast_registry", reads_from=FEAST.name)  # serving
-# A self-hosted Prefect server (issue 17) adds ServiceRole("prefect", "prefect") here.
-ROLES: tuple[ServiceRole, ...] = (MLFLOW, FEAST, FEAST_READER)
+ROLES: tuple[ServiceRole, ...] = (MLFLOW, FEAST, FEAST_READER)  # every stack has these
+PREFECT = ServiceRole("prefect", "prefect")  # the in-cluster Prefect server (mlre:prefectServer)
 
 
-def role_named(name: str, roles: Sequence[ServiceRole] = ROLES) -> ServiceRole:
+def stack_roles(prefect_server: bool) -> tuple[ServiceRole, ...]:
+    """The roles one stack creates: ROLES, plus `prefect` when it runs its own Prefect server."""
+    return (*ROLES, PREFECT) if prefect_server else ROLES
+
+
+def role_named(name: str, roles: Sequence[ServiceRole] = (*ROLES, PREFECT)) -> ServiceRole:
     """The role called `name`; a KeyError names the roles there are."""
     for role in roles:
         if role.name == name:
@@ -223,3 +228,17 @@ def connection_url(
         f"{scheme}://{user}:{quote(password, safe='')}@{host}:{PORT}/{database}"
         f"?sslmode=verify-full&sslrootcert={ca_path}"
     )
+
+
+# asyncpg takes no libpq TLS parameters in its URL (SQLAlchemy would pass `sslmode` on as an
+# unknown keyword): its one client here, the Prefect server, verifies RDS through its own
+# settings instead (prefect_server.tls_env: CA bundle, CERT_REQUIRED, host-name check).
+TLS_BY_CLIENT_DRIVERS = frozenset({"asyncpg"})
+
+
+def service_url(driver: str, user: str, password: str, host: str, database: str) -> str:
+    """SQLAlchemy URL of a service role: verify-full in the URL, except for drivers whose
+    client sets TLS itself (TLS_BY_CLIENT_DRIVERS)."""
+    if driver in TLS_BY_CLIENT_DRIVERS:
+        return f"postgresql+{driver}://{user}:{quote(password, safe='')}@{host}:{PORT}/{database}"
+    return connection_url(f"postgresql+{driver}", user, password, host, database)

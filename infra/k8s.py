@@ -200,6 +200,19 @@ def irsa_service_account(
     return role
 
 
+def tokenless_service_account(
+    name: str, *, app: str, namespace: str, opts: pulumi.ResourceOptions
+) -> k8s.core.v1.ServiceAccount:
+    """The app's own ServiceAccount (`<name>-sa`), with no API token mounted: for pods that
+    never call the Kubernetes API."""
+    return k8s.core.v1.ServiceAccount(
+        f"{name}-sa",
+        metadata={"name": app, "namespace": namespace},
+        automount_service_account_token=False,
+        opts=opts,
+    )
+
+
 def http_service(
     name: str,
     *,
@@ -225,13 +238,31 @@ def http_service(
             opts=opts,
         )
         return pulumi.Output.from_input(in_cluster_url(app, namespace, port))
+    return public_service(name, app=app, namespace=namespace, public=public, opts=opts)
+
+
+def public_service(
+    name: str,
+    *,
+    app: str,
+    namespace: str,
+    public: PublicExposure,
+    opts: pulumi.ResourceOptions,
+    host: str | None = None,
+    service_name: str | None = None,
+) -> pulumi.Output[str]:
+    """An HTTPS-only load balancer (Service `service_name`, default `app`) in front of the app's
+    pods' `http` port, open to the configured CIDRs; returns https://<host>.<domain> (host
+    defaults to `app`)."""
+    labels = app_labels(app)
+    host = host or app
     k8s.core.v1.Service(
         f"{name}-service",
         metadata={
-            "name": app,
+            "name": service_name or app,
             "namespace": namespace,
             "labels": labels,
-            "annotations": load_balancer_annotations(public, app),
+            "annotations": load_balancer_annotations(public, host),
         },
         spec={
             "type": "LoadBalancer",
@@ -241,7 +272,7 @@ def http_service(
         },
         opts=opts,
     )
-    return pulumi.Output.from_input(f"https://{public.hostname(app)}")
+    return pulumi.Output.from_input(f"https://{public.hostname(host)}")
 
 
 def app_secret(

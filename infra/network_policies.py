@@ -17,11 +17,13 @@ import pulumi_kubernetes as k8s
 
 from infra import (
     alert_relay,
+    dask_operator,
     db_bootstrap,
     feast_service,
     mlflow_service,
     mlflow_user,
     monitoring,
+    prefect_server,
     serving_service,
 )
 from infra.k8s import ClusterAccess
@@ -162,7 +164,9 @@ class Layout:
     monitoring_namespace: str
     vpc_cidr: str  # RDS, ElastiCache, the EKS API endpoints and the load balancers live here
     db_admin_namespace: str  # the database roles Job (master credential), nothing else
+    dask_operator_namespace: str  # the Dask operator; its DaskClusters run in flows_namespace
     public_cidrs: tuple[str, ...] = ()  # who may reach MLflow/Feast through their load balancer
+    prefect_server: bool = False  # the in-cluster Prefect server runs (mlre:prefectServer)
 
 
 def design_paths(layout: Layout) -> list[Path]:
@@ -231,6 +235,7 @@ def design_paths(layout: Layout) -> list[Path]:
         Path("alertmanager-to-relay", alertmanager, relay, alert_relay.PORT),
         Path("prometheus-to-relay", prometheus, relay, alert_relay.PORT),
         Path("apiserver-to-operator", vpc, Pods(mon, OPERATOR_PODS), OPERATOR_WEBHOOK_PORT),
+        *dask_paths(flows, layout.dask_operator_namespace),
     ]
     if layout.public_cidrs:
         # The load balancers forward from the configured clients via the nodes (VPC addresses).
@@ -239,7 +244,42 @@ def design_paths(layout: Layout) -> list[Path]:
             Path("public-to-mlflow", sources, mlflow, mlflow_service.PORT),
             Path("public-to-feast", sources, feast, feast_service.PORT),
         ]
+    if layout.prefect_server:
+        paths += prefect_server_paths(layout, relay)
     return paths
+
+
+def prefect_server_paths(layout: Layout, relay: Pods) -> list[Path]:
+    """The in-cluster Prefect server: the workers and flow runs (and the alert relay, which
+    posts events) reach its API, it reaches its database; when published, the load balancers
+    reach it too."""
+    server = Pods(layout.platform_namespace, {"app.kubernetes.io/name": prefect_server.APP})
+    port = prefect_server.PORT
+    paths = [
+        Path("flows-to-prefect-server", Pods(layout.flows_namespace), server, port),
+        Path("relay-to-prefect-server", relay, server, port),
+        Path("prefect-server-to-postgres", server, (layout.vpc_cidr,), POSTGRES_PORT),
+    ]
+    if layout.public_cidrs:
+        sources = (*layout.public_cidrs, layout.vpc_cidr)
+        paths.append(Path("public-to-prefect-server", sources, server, port))
+    return paths
+
+
+def dask_paths(flows: str, operator_namespace: str) -> list[Path]:
+    """A flow run's Dask cluster (in the flows namespace): its client and workers reach the
+    scheduler, the scheduler and the workers reach workers on the ports those pick at start,
+    the operator asks the scheduler (API, then comm) which workers to retire."""
+    scheduler = Pods(flows, dask_operator.SCHEDULER_PODS)
+    workers = Pods(flows, dask_operator.WORKER_PODS)
+    operator = Pods(operator_namespace, dask_operator.OPERATOR_PODS)
+    return [
+        Path("flows-to-dask-scheduler", Pods(flows), scheduler, dask_operator.SCHEDULER_PORT),
+        Path("dask-scheduler-to-workers", scheduler, workers, None),
+        Path("dask-workers-to-workers", workers, workers, None),
+        Path("dask-operator-to-scheduler", operator, scheduler, dask_operator.SCHEDULER_PORT),
+        Path("dask-operator-to-dashboard", operator, scheduler, dask_operator.DASHBOARD_PORT),
+    ]
 
 
 def design_namespaces(layout: Layout) -> list[NamespacePolicy]:
@@ -250,6 +290,8 @@ def design_namespaces(layout: Layout) -> list[NamespacePolicy]:
         NamespacePolicy(layout.flows_namespace, deny_egress=True),
         NamespacePolicy(layout.monitoring_namespace, deny_egress=False),
         NamespacePolicy(layout.db_admin_namespace, deny_egress=True),
+        # The operator calls the API server and every DaskCluster's scheduler; nothing calls it.
+        NamespacePolicy(layout.dask_operator_namespace, deny_egress=False),
     ]
 
 

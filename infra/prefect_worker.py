@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pulumi
 import pulumi_kubernetes as k8s
 
 from infra import iam
+from infra.db_bootstrap import fingerprint
 from infra.k8s import (
     APP_LABEL,
     ClusterAccess,
@@ -19,14 +22,45 @@ from mlre import k8s_labels
 WORKER_SA = "prefect-worker"
 HEALTH_PORT = 8080
 WORK_POOLS = (k8s_labels.CPU_WORK_POOL, k8s_labels.GPU_WORK_POOL)
+# Pod-template annotation: a hash of the credential, so the workers roll when it rotates.
+CREDENTIAL_ANNOTATION = "mlre.io/prefect-credential"
 
-# The Secret holding the Prefect API key (key PREFECT_API_KEY), in the flows namespace.
+# The Secret holding the Prefect credential, in the flows namespace: the API key (Prefect Cloud
+# or the user's server) or the in-cluster server's basic-auth string, under its env var's name.
 API_SECRET = "prefect-api"
 API_KEY_ENTRY = "PREFECT_API_KEY"
-# prefect-kubernetes settings: the worker replaces the plain PREFECT_API_KEY it would write into
-# every flow-run Job with a secretKeyRef to this Secret (it needs both; name alone does nothing).
-API_KEY_SECRET_NAME_SETTING = "PREFECT_INTEGRATIONS_KUBERNETES_WORKER_API_KEY_SECRET_NAME"
-API_KEY_SECRET_KEY_SETTING = "PREFECT_INTEGRATIONS_KUBERNETES_WORKER_API_KEY_SECRET_KEY"
+AUTH_STRING_ENTRY = "PREFECT_API_AUTH_STRING"
+# prefect-kubernetes settings: the worker replaces the plain credential it would write into every
+# flow-run Job with a secretKeyRef to this Secret (it needs both; name alone does nothing).
+_SETTINGS = "PREFECT_INTEGRATIONS_KUBERNETES_WORKER"
+CREDENTIAL_SECRET_SETTINGS = {
+    API_KEY_ENTRY: (f"{_SETTINGS}_API_KEY_SECRET_NAME", f"{_SETTINGS}_API_KEY_SECRET_KEY"),
+    AUTH_STRING_ENTRY: (
+        f"{_SETTINGS}_API_AUTH_STRING_SECRET_NAME",
+        f"{_SETTINGS}_API_AUTH_STRING_SECRET_KEY",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class PrefectClient:
+    """How a pod reaches the Prefect API: the URL and the one credential it sends, named by its
+    env var (PREFECT_API_KEY: Prefect Cloud; PREFECT_API_AUTH_STRING: the in-cluster server;
+    Prefect's clients send the key first, so a pod never gets both)."""
+
+    url: pulumi.Input[str]
+    credential_env: str
+    credential: pulumi.Input[str]  # a secret
+
+    def __post_init__(self) -> None:
+        if self.credential_env not in CREDENTIAL_SECRET_SETTINGS:
+            raise ValueError(f"unknown Prefect credential {self.credential_env!r}")
+
+    def pod_annotations(self) -> dict[str, pulumi.Output[str]]:
+        """The credential's fingerprint (never the value) for a client's pod template."""
+        digest = pulumi.Output.from_input(self.credential).apply(fingerprint)
+        return {CREDENTIAL_ANNOTATION: pulumi.Output.unsecret(digest)}
+
 
 # What a Kubernetes worker does in its namespace: run Jobs, watch their pods, read their logs.
 # No access to Secrets: with the API-key Secret named, the worker never reads, creates or
@@ -44,11 +78,12 @@ WORKER_RULES = [
 ]
 
 
-def api_key_secret_settings(secret_name: pulumi.Input[str]) -> list[dict]:
-    """Worker env that makes flow-run Jobs read PREFECT_API_KEY from `secret_name`."""
+def credential_secret_settings(credential_env: str, secret_name: pulumi.Input[str]) -> list[dict]:
+    """Worker env that makes flow-run Jobs read `credential_env` from `secret_name`."""
+    name_setting, key_setting = CREDENTIAL_SECRET_SETTINGS[credential_env]
     return [
-        {"name": API_KEY_SECRET_NAME_SETTING, "value": secret_name},
-        {"name": API_KEY_SECRET_KEY_SETTING, "value": API_KEY_ENTRY},
+        {"name": name_setting, "value": secret_name},
+        {"name": key_setting, "value": credential_env},
     ]
 
 
@@ -74,8 +109,7 @@ class PrefectWorkers(pulumi.ComponentResource):
         name: str,
         *,
         image: str,
-        api_url: str,
-        api_key: pulumi.Input[str],
+        api: PrefectClient,
         data_bucket_arns: list[pulumi.Input[str]],
         kms_key_arn: pulumi.Input[str],
         access: ClusterAccess,
@@ -114,7 +148,7 @@ class PrefectWorkers(pulumi.ComponentResource):
         secret = k8s.core.v1.Secret(
             f"{name}-api-secret",
             metadata={"name": API_SECRET, "namespace": ns},
-            string_data={API_KEY_ENTRY: api_key},
+            string_data={api.credential_env: api.credential},
             opts=k8s_opts,
         )
         secret_name = secret.metadata.apply(lambda m: m["name"])
@@ -123,7 +157,7 @@ class PrefectWorkers(pulumi.ComponentResource):
                 name,
                 pool=pool,
                 image=image,
-                api_url=api_url,
+                api=api,
                 secret_name=secret_name,
                 opts=k8s_opts,
             )
@@ -138,7 +172,7 @@ class PrefectWorkers(pulumi.ComponentResource):
         *,
         pool: str,
         image: str,
-        api_url: str,
+        api: PrefectClient,
         secret_name: pulumi.Output[str],
         opts: pulumi.ResourceOptions,
     ) -> k8s.apps.v1.Deployment:
@@ -159,14 +193,15 @@ class PrefectWorkers(pulumi.ComponentResource):
             port=HEALTH_PORT,
             port_name="health",
             env=[
-                {"name": "PREFECT_API_URL", "value": api_url},
-                secret_env(API_KEY_ENTRY, secret_name),
-                *api_key_secret_settings(secret_name),
+                {"name": "PREFECT_API_URL", "value": api.url},
+                secret_env(api.credential_env, secret_name),
+                *credential_secret_settings(api.credential_env, secret_name),
                 {"name": "PREFECT_WORKER_WEBSERVER_HOST", "value": "0.0.0.0"},
                 {"name": "PREFECT_WORKER_WEBSERVER_PORT", "value": str(HEALTH_PORT)},
                 {"name": "PREFECT_HOME", "value": "/tmp/prefect"},
             ],
             resources=resources("100m", "512Mi"),
+            pod_annotations=api.pod_annotations(),
             probes={
                 "readiness_probe": {**health, "period_seconds": 15},
                 "liveness_probe": {

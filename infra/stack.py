@@ -10,9 +10,11 @@ from infra.budget import CostGuard
 from infra.cache import Cache
 from infra.cluster import Cluster
 from infra.config import StackConfig
+from infra.dask_operator import NAMESPACE as DASK_OPERATOR_NAMESPACE
+from infra.dask_operator import DaskOperator
 from infra.database import Database
 from infra.db_bootstrap import DatabaseRoles
-from infra.db_roles import ADMIN_NAMESPACE, FEAST, FEAST_READER, MLFLOW
+from infra.db_roles import ADMIN_NAMESPACE, FEAST, FEAST_READER, MLFLOW, PREFECT, stack_roles
 from infra.feast_service import FeastCaller, FeastService, FeatureStoreAccess
 from infra.k8s import ClusterAccess, in_cluster_url, namespace
 from infra.mlflow_service import APP as MLFLOW_APP
@@ -22,7 +24,8 @@ from infra.monitoring_assets import MonitoringAssets
 from infra.network import DataPlacement, Network
 from infra.network_policies import Layout, NetworkPolicies
 from infra.node_pools import CpuNodePool, GpuNodePool, NodeTarget
-from infra.prefect_worker import PrefectWorkers
+from infra.prefect_server import PrefectServer
+from infra.prefect_worker import API_KEY_ENTRY, PrefectClient, PrefectWorkers
 from infra.serving_service import APP as SERVING_APP
 from infra.serving_service import ServingService
 from infra.storage import Storage
@@ -70,7 +73,7 @@ def build(cfg: StackConfig) -> dict[str, pulumi.Input[object]]:
     )
     storage = Storage(f"{p}-storage", cfg.data)
     data_at = DataPlacement(net.vpc_id, net.private_subnet_ids, cluster.security_group_id)
-    db = Database(f"{p}-db", cfg.data, data_at)
+    db = Database(f"{p}-db", cfg.data, data_at, roles=stack_roles(cfg.services.prefect_server))
     cache = Cache(f"{p}-redis", cfg.data, data_at)
 
     svc = cfg.services
@@ -151,16 +154,40 @@ def build(cfg: StackConfig) -> dict[str, pulumi.Input[object]]:
         prediction_log_bucket_arn=buckets["prediction-log"].arn,
         **platform,
     )
+    # The Prefect API the workers, flow runs and the relay use: the stack's own server, or the
+    # one the user brings (mlre:prefectApiUrl + mlre:prefectApiKey).
+    prefect_server: PrefectServer | None = None
+    if svc.prefect_api is None:
+        prefect_server = PrefectServer(
+            f"{p}-prefect-server",
+            image=svc.prefect_image,
+            namespace=svc.platform_namespace,
+            database=roles.access(PREFECT.name, "asyncpg", svc.platform_namespace),
+            public=svc.public,
+            access=access,
+            opts=after_ns,
+        )
+        prefect = prefect_server.client
+    else:
+        prefect = PrefectClient(svc.prefect_api.url, API_KEY_ENTRY, svc.prefect_api.key)
     workers = PrefectWorkers(
         f"{p}-prefect",
         image=svc.prefect_image,
-        api_url=svc.prefect_api_url,
-        api_key=svc.prefect_api_key,
+        api=prefect,
         data_bucket_arns=[
             buckets[purpose].arn for purpose in ("feature-lake", "feast-registry", "prediction-log")
         ],
         opts=pulumi.ResourceOptions(depends_on=[flows_ns, system]),
         **irsa,
+    )
+    # Flow runs scale out on Dask clusters the operator starts in the flows namespace.
+    dask_ns = namespace(DASK_OPERATOR_NAMESPACE, provider, cluster)
+    dask = DaskOperator(
+        f"{p}-dask",
+        cfg.dask,
+        image=svc.serving_image,  # the flows image: workers run the flows' own code
+        access=access,
+        opts=pulumi.ResourceOptions(depends_on=[dask_ns, flows_ns, system]),
     )
     mon = cfg.monitoring
     monitoring_ns = namespace(mon.namespace, provider, cluster, level="baseline")
@@ -169,8 +196,7 @@ def build(cfg: StackConfig) -> dict[str, pulumi.Input[object]]:
         f"{p}-alert-relay",
         namespace=mon.namespace,
         image=svc.serving_image,
-        prefect_api_url=svc.prefect_api_url,
-        prefect_api_key=svc.prefect_api_key,
+        prefect=prefect,
         access=access,
         opts=pulumi.ResourceOptions(depends_on=[monitoring_ns, system]),
     )
@@ -191,13 +217,17 @@ def build(cfg: StackConfig) -> dict[str, pulumi.Input[object]]:
         monitoring_namespace=mon.namespace,
         vpc_cidr=cfg.network.vpc_cidr,
         db_admin_namespace=ADMIN_NAMESPACE,
+        dask_operator_namespace=DASK_OPERATOR_NAMESPACE,
         public_cidrs=svc.public.source_cidrs if svc.public else (),
+        prefect_server=svc.prefect_server,
     )
     NetworkPolicies(
         f"{p}-network-policies",
         layout,
         access=access,
-        opts=pulumi.ResourceOptions(depends_on=[platform_ns, flows_ns, monitoring_ns, db_admin_ns]),
+        opts=pulumi.ResourceOptions(
+            depends_on=[platform_ns, flows_ns, monitoring_ns, db_admin_ns, dask_ns]
+        ),
     )
     CostGuard(f"{p}-cost", cfg.budget)
     return {
@@ -221,6 +251,10 @@ def build(cfg: StackConfig) -> dict[str, pulumi.Input[object]]:
         # the work pools' job templates envFrom it and mount the ConfigMap `rds-ca` there.
         "flows_db_secret": roles.flows_secret_name,
         "work_pools": workers.work_pools,
+        # The Prefect API the workers and flow runs use (in-cluster with mlre:prefectServer).
+        "prefect_api_url": prefect.url,
+        # With mlre:prefectServer: the UI's URL and where its login is (never the value).
+        **(prefect_server.outputs() if prefect_server else {}),
         "cpu_work_pool": k8s_labels.CPU_WORK_POOL,
         "gpu_work_pool": k8s_labels.GPU_WORK_POOL,
         "flows_namespace": k8s_labels.FLOWS_NAMESPACE,
@@ -239,4 +273,7 @@ def build(cfg: StackConfig) -> dict[str, pulumi.Input[object]]:
         # Where Alertmanager posts page and ticket alerts (POST /alerts, bearer token).
         "alert_relay_url": relay.url,
         "grafana_admin_password": pulumi.Output.secret(monitoring.grafana_password.result),
+        # The Dask worker defaults as MLRE_* variables (for job_variables.env); the ConfigMap
+        # `flows-dask` in flows_namespace holds the same, for the job templates to envFrom.
+        "dask_settings": dask.settings,
     }

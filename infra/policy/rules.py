@@ -276,6 +276,27 @@ def helm_chart_pinned(args: ResourceValidationArgs, report: ReportViolation) -> 
         report(f"Helm chart {args.props.get('chart')!r} is not pinned (version {version!r})", None)
 
 
+RBAC_ROLE_TYPES = frozenset(
+    {
+        "kubernetes:rbac.authorization.k8s.io/v1:Role",
+        "kubernetes:rbac.authorization.k8s.io/v1:ClusterRole",
+    }
+)
+RULE_FIELDS = ("apiGroups", "resources", "verbs")
+
+
+def rbac_no_wildcards(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """Roles we write name their API groups, resources and verbs: no "*" (a chart's own
+    ClusterRole, e.g. the Dask operator's, is switched off and replaced by a named Role)."""
+    if not _only(RBAC_ROLE_TYPES, args):
+        return
+    name = (args.props.get("metadata") or {}).get("name")
+    for rule in args.props.get("rules") or []:
+        for key in RULE_FIELDS:
+            if "*" in (rule.get(key) or []):
+                report(f"RBAC role {name!r} grants '*' in {key}; name what it needs", None)
+
+
 def storage_class_encrypted(args: ResourceValidationArgs, report: ReportViolation) -> None:
     """EBS-backed StorageClasses create encrypted volumes."""
     if not _only(STORAGE_CLASS_TYPE, args) or args.props.get("provisioner") not in EBS_PROVISIONERS:
@@ -456,6 +477,7 @@ POLICIES: list[ResourceValidationPolicy] = [
     _policy("elasticache-hardened", "Redis encrypted with AUTH.", elasticache_hardened),
     _policy("iam-no-wildcards", "IAM policies without wildcards.", iam_no_wildcards),
     _policy("helm-chart-pinned", "Helm charts pinned to exact versions.", helm_chart_pinned),
+    _policy("rbac-no-wildcards", "RBAC roles name groups, resources and verbs.", rbac_no_wildcards),
     _policy(
         "storage-class-encrypted", "EBS StorageClasses encrypt volumes.", storage_class_encrypted
     ),

@@ -192,6 +192,7 @@ class Run:
     resources: list[Recorded]
     outputs: dict[str, Any] = field(default_factory=dict)
     value: Any = None
+    config: dict[str, str] = field(default_factory=dict)  # the config the program ran with
 
     def of_type(self, typ: str) -> list[Recorded]:
         """Recorded resources of one type token."""
@@ -204,14 +205,20 @@ class Run:
         return matches[0]
 
 
+def runs_prefect_server(run: Run) -> bool:
+    """Whether the run's config turned the in-cluster Prefect server on (mlre:prefectServer)."""
+    return run.config.get("mlre:prefectServer") == "true"
+
+
 def run_mocked(
     program: Callable[[], Any], *, stack: str = "dev", config: Mapping[str, str] | None = None
 ) -> Run:
     """Run `program` under fresh mocks; it may return a dict of outputs to resolve."""
     mocks = RecordingMocks()
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False)
-    pulumi.runtime.set_all_config(dict(config or stack_config(stack)), SECRET_KEYS)
-    run = Run(resources=mocks.resources)
+    config = dict(config or stack_config(stack))
+    pulumi.runtime.set_all_config(config, SECRET_KEYS)
+    run = Run(resources=mocks.resources, config=config)
 
     @pulumi.runtime.test
     def _go() -> Any:

@@ -9,15 +9,17 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from infra import monitoring
-from infra.alert_relay import APP, PORT, PREFECT_KEY, TOKEN_KEY
+from infra import monitoring, prefect_server
+from infra.alert_relay import APP, PORT, TOKEN_KEY
 from infra.policy.rules import POLICIES
+from infra.prefect_worker import API_KEY_ENTRY, AUTH_STRING_ENTRY
 from mlre import k8s_labels
 from tests.infra.infra_harness import (
     Run,
     custom_resources,
     helm_releases,
     manifests,
+    runs_prefect_server,
     stack_config,
     violations,
 )
@@ -114,8 +116,13 @@ def test_env_binds_all_interfaces_and_points_at_the_configured_prefect_api(
     env = {e["name"]: e.get("value") for e in _container(stack_run)["env"]}
     assert env["MLRE_HOST"] == "0.0.0.0"  # settings.host defaults to loopback
     assert env["MLRE_RELAY_PORT"] == str(PORT)
-    # The infra runs no Prefect server: the relay uses the API the workers are configured with.
-    assert env["MLRE_RELAY_PREFECT_API_URL"] == stack_config("dev")["mlre:prefectApiUrl"]
+    # The relay uses the API the workers use: the in-cluster server's, or the configured one.
+    expected = (
+        f"http://{prefect_server.APP}.mlre-platform.svc.cluster.local:{prefect_server.PORT}/api"
+        if runs_prefect_server(stack_run)
+        else stack_run.config["mlre:prefectApiUrl"]
+    )
+    assert env["MLRE_RELAY_PREFECT_API_URL"] == expected
 
 
 def test_token_comes_from_the_secret_never_a_literal(stack_run: Run) -> None:
@@ -127,12 +134,19 @@ def test_token_comes_from_the_secret_never_a_literal(stack_run: Run) -> None:
     }
     assert "envFrom" not in container
     assert TOKEN not in json.dumps(_objects(stack_run)["Deployment"])
-    assert _objects(stack_run)["Secret"]["stringData"] == {
-        TOKEN_KEY: TOKEN,
-        PREFECT_KEY: "pnu_test_only_not_a_real_key",  # the workers' key (Prefect's events API)
+    # The workers' credential (Prefect's events API): the in-cluster server's auth string, or
+    # the configured API key; never both (Prefect's clients would send the key).
+    credential, value = (
+        (AUTH_STRING_ENTRY, "admin:" + "p" * 32)
+        if runs_prefect_server(stack_run)
+        else (API_KEY_ENTRY, "pnu_test_only_not_a_real_key")
+    )
+    assert _objects(stack_run)["Secret"]["stringData"] == {TOKEN_KEY: TOKEN, credential: value}
+    (key,) = [e for e in container["env"] if e["name"] in {API_KEY_ENTRY, AUTH_STRING_ENTRY}]
+    assert key == {
+        "name": credential,
+        "valueFrom": {"secretKeyRef": {"name": SECRET, "key": credential}},
     }
-    (key,) = [e for e in container["env"] if e["name"] == PREFECT_KEY]
-    assert key["valueFrom"] == {"secretKeyRef": {"name": SECRET, "key": PREFECT_KEY}}
     (password,) = [r for r in stack_run.of_type("random:index/randomPassword:RandomPassword")
                    if APP in r.name]  # fmt: skip
     assert password.inputs["length"] >= 32

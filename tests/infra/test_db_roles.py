@@ -25,7 +25,15 @@ from infra.config import InfraConfigError
 from infra.db_roles import ADMIN_NAMESPACE, MASTER_USER, ServiceRole
 from infra.policy import rules
 from mlre import k8s_labels
-from tests.infra.infra_harness import ROOT, TEST_FILES, Run, manifests, run_stack, violations
+from tests.infra.infra_harness import (
+    ROOT,
+    TEST_FILES,
+    Run,
+    manifests,
+    run_stack,
+    runs_prefect_server,
+    violations,
+)
 from tests.infra.netpol import Pod, allowed
 
 pytestmark = pytest.mark.infra
@@ -60,6 +68,11 @@ def _job(run: Run) -> dict[str, Any]:
         if m["kind"] == "Job" and m["metadata"]["name"].startswith(f"{db_bootstrap.APP}-")
     ]
     return job
+
+
+def _roles(run: Run) -> tuple[ServiceRole, ...]:
+    """The roles this run's config asks for (`prefect` with mlre:prefectServer)."""
+    return db_roles.stack_roles(runs_prefect_server(run))
 
 
 def _query(url: str) -> dict[str, str]:
@@ -200,14 +213,14 @@ def test_roles_job_runs_psql_restricted_once_per_change(stack_run: Run) -> None:
     (container,) = pod["containers"]
     assert container["image"].startswith("postgres:17.6-alpine@sha256:")
     assert container["command"] == db_roles.job_argv(
-        db_roles.ROLES, f"{db_bootstrap.SCRIPT_DIR}/{db_roles.SCRIPT_KEY}"
+        _roles(stack_run), f"{db_bootstrap.SCRIPT_DIR}/{db_roles.SCRIPT_KEY}"
     )
     sc = container["securityContext"]
     assert (sc["readOnlyRootFilesystem"], sc["allowPrivilegeEscalation"]) == (True, False)
     assert sc["capabilities"] == {"drop": ["ALL"]}
     # Credentials only by reference, all from the db-admin Secret.
     env = {e["name"]: e for e in container["env"]}
-    for name in [db_roles.ADMIN_URL_ENV, *(r.env_var for r in db_roles.ROLES)]:
+    for name in [db_roles.ADMIN_URL_ENV, *(r.env_var for r in _roles(stack_run))]:
         assert env[name]["valueFrom"]["secretKeyRef"] == {
             "name": db_bootstrap.ADMIN_SECRET,
             "key": name,
@@ -221,9 +234,9 @@ def test_script_comes_from_a_config_map_and_credentials_from_the_admin_secret(
     stack_run: Run,
 ) -> None:
     script = _object(stack_run, "ConfigMap", f"{db_bootstrap.APP}-script", ADMIN_NAMESPACE)
-    assert script["data"] == {db_roles.SCRIPT_KEY: db_roles.render_script()}
+    assert script["data"] == {db_roles.SCRIPT_KEY: db_roles.render_script(_roles(stack_run))}
     data = _object(stack_run, "Secret", db_bootstrap.ADMIN_SECRET, ADMIN_NAMESPACE)["stringData"]
-    assert set(data) == {db_roles.ADMIN_URL_ENV, *(r.env_var for r in db_roles.ROLES)}
+    assert set(data) == {db_roles.ADMIN_URL_ENV, *(r.env_var for r in _roles(stack_run))}
     master = urlsplit(data[db_roles.ADMIN_URL_ENV])
     assert (master.scheme, master.username, master.path) == ("postgresql", MASTER_USER, "/mlre")
     assert _query(data[db_roles.ADMIN_URL_ENV]) == {
@@ -231,13 +244,14 @@ def test_script_comes_from_a_config_map_and_credentials_from_the_admin_secret(
         "sslrootcert": db_roles.RDS_CA_PATH,
     }
     # The roles' passwords reach the Job only as SCRAM verifiers.
-    for role in db_roles.ROLES:
+    for role in _roles(stack_run):
         assert data[role.env_var] == db_roles.role_verifier(role, "p" * 32)
 
 
 def test_job_name_is_a_hash_of_the_script_and_verifiers(stack_run: Run) -> None:
-    verifiers = {r.name: db_roles.role_verifier(r, "p" * 32) for r in db_roles.ROLES}
-    expected = db_bootstrap.job_name(db_roles.render_script(), verifiers)
+    roles = _roles(stack_run)
+    verifiers = {r.name: db_roles.role_verifier(r, "p" * 32) for r in roles}
+    expected = db_bootstrap.job_name(db_roles.render_script(roles), verifiers)
     assert _job(stack_run)["metadata"]["name"] == expected
 
 

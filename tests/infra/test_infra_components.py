@@ -141,7 +141,8 @@ def test_gpu_daemonsets_tolerate_taint_and_select_gpu_nodes(stack_run: Run) -> N
     releases = {r.inputs["chart"]: r.inputs for r in
                 stack_run.of_type("kubernetes:helm.sh/v3:Release")}  # fmt: skip
     assert set(releases) == {"cluster-autoscaler", "nvidia-device-plugin", "dcgm-exporter",
-                             "kube-prometheus-stack", "prometheus-pushgateway"}  # fmt: skip
+                             "kube-prometheus-stack", "prometheus-pushgateway",
+                             "dask-kubernetes-operator"}  # fmt: skip
     for chart in ("nvidia-device-plugin", "dcgm-exporter"):
         values = releases[chart]["values"]
         assert values["tolerations"] == [k8s_labels.gpu_toleration()]
@@ -273,8 +274,10 @@ def test_public_exposure_only_behind_the_flag() -> None:
     types = {r.inputs["metadata"]["name"]: r.inputs["spec"]["type"]
              for r in run.of_type("kubernetes:core/v1:Service")}  # fmt: skip
     # The prediction service and the relay have no authentication of their own: never public.
+    # The Prefect server (dev) keeps its private Service for the workers next to its public one.
     assert types == {"mlflow": "LoadBalancer", "feast": "LoadBalancer", "serving": "ClusterIP",
-                     "alert-relay": "ClusterIP"}  # fmt: skip
+                     "alert-relay": "ClusterIP", "prefect-server": "ClusterIP",
+                     "prefect-server-public": "LoadBalancer"}  # fmt: skip
     assert run.outputs["mlflow_url"] == "https://mlflow.ml.example.com"
 
 

@@ -38,9 +38,11 @@ def test_config_py_holds_no_defaults() -> None:
 
 
 def test_credentials_have_no_defaults() -> None:
-    for key in ("mlre:prefectApiKey", "mlre:prefectApiUrl", "mlre:budgetAlertEmail"):
+    for key in ("mlre:prefectApiKey", "mlre:budgetAlertEmail"):
         assert "default" not in DECLARED[key]
     assert DECLARED["mlre:prefectApiKey"]["secret"] is True
+    # Not a credential: empty unless the user brings an API (then required, see below).
+    assert DECLARED["mlre:prefectApiUrl"]["default"] == ""
 
 
 def test_default_public_endpoint_is_off() -> None:
@@ -54,7 +56,13 @@ def test_stack_files_load_into_typed_config(stack: str) -> None:
     assert cfg.network.az_count >= 2
     assert len(cfg.network.private_subnet_cidrs) == cfg.network.az_count
     assert cfg.cluster.gpu_pools
-    assert cfg.services.prefect_api_url.startswith("https://")
+    # Dev runs its own Prefect server; prod brings Prefect Cloud (the server is one replica).
+    if stack == "dev":
+        assert cfg.services.prefect_server
+        assert cfg.services.prefect_api is None
+    else:
+        assert not cfg.services.prefect_server
+        assert cfg.services.prefect_api.url.startswith("https://")
 
 
 def test_dev_is_small_spot_and_prod_is_resilient() -> None:
@@ -98,7 +106,26 @@ def test_too_few_subnets_for_azs_is_refused() -> None:
         _load("dev", **{"mlre:azCount": 4})
 
 
-def test_missing_prefect_api_key_fails() -> None:
-    config = {k: v for k, v in stack_config("dev").items() if k != "mlre:prefectApiKey"}
+def test_missing_prefect_api_key_fails_when_no_server_runs() -> None:
+    config = {k: v for k, v in stack_config("prod").items() if k != "mlre:prefectApiKey"}
     with pytest.raises(Exception, match="prefectApiKey"):
-        run_mocked(load_config, stack="dev", config=config)
+        run_mocked(load_config, stack="prod", config=config)
+
+
+def test_prefect_api_key_is_not_needed_with_the_in_cluster_server() -> None:
+    config = {k: v for k, v in stack_config("dev").items() if k != "mlre:prefectApiKey"}
+    assert run_mocked(load_config, stack="dev", config=config).value.services.prefect_server
+
+
+@pytest.mark.parametrize("url", ["", "api.prefect.cloud/api"])
+def test_prefect_api_url_is_required_only_without_the_server(url: str) -> None:
+    with pytest.raises(InfraConfigError, match="mlre:prefectServer is off, so mlre:prefectApiUrl"):
+        _load("prod", **{"mlre:prefectApiUrl": url})
+    # No URL with the server on: the stack brings its own API.
+    on = {"mlre:prefectApiUrl": "", "mlre:prefectServer": True}
+    assert _load("prod", **on).services.prefect_server
+
+
+def test_prefect_api_url_with_the_server_on_is_refused() -> None:
+    with pytest.raises(InfraConfigError, match=r"mlre:prefectServer is on.*mlre:prefectApiUrl"):
+        _load("dev", **{"mlre:prefectApiUrl": "https://api.prefect.cloud/api"})

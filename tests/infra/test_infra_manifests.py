@@ -6,7 +6,7 @@ import kubernetes_validate
 import pytest
 
 from mlre import k8s_labels
-from tests.infra.infra_harness import Run, manifests
+from tests.infra.infra_harness import Run, manifests, runs_prefect_server
 
 pytestmark = pytest.mark.infra
 
@@ -55,7 +55,8 @@ def test_expected_objects_exist(stack_runs: dict[str, Run]) -> None:
 
 def test_deployments_are_non_root_probed_and_sized(stack_run: Run) -> None:
     deployments = _deployments(stack_run)
-    assert len(deployments) == 6  # mlflow, feast, serving, two Prefect workers, alert relay
+    # mlflow, feast, serving, two Prefect workers, alert relay (+ the Prefect server in dev)
+    assert len(deployments) == 6 + runs_prefect_server(stack_run)
     for deployment in deployments:
         pod = deployment["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
@@ -104,7 +105,8 @@ def test_feast_hpa_targets_the_deployment(stack_runs: dict[str, Run]) -> None:
 
 
 def test_prefect_workers_poll_each_pool_with_a_secret_key(stack_runs: dict[str, Run]) -> None:
-    workers = [d for d in _deployments(stack_runs["dev"])
+    # prod brings Prefect Cloud (an API key); dev runs its own server (test_prefect_server.py).
+    workers = [d for d in _deployments(stack_runs["prod"])
                if d["metadata"]["name"].startswith("prefect-worker")]  # fmt: skip
     pools = set()
     for worker in workers:

@@ -108,6 +108,11 @@ BAD_FIXTURES: list[tuple[str, str, dict[str, Any]]] = [
     (UNPINNED, DAEMONSET, _workload(DAEMONSET, image="busybox")),
     *((MASTER_CREDENTIAL, typ, props) for typ, props in MASTER_CREDENTIAL_HOLDERS),
     ("public-service-tls", rules.SERVICE_TYPE, PLAIN_LB),
+    (  # the Dask operator chart's own ClusterRole: "*" on pods cluster-wide
+        "rbac-no-wildcards",
+        "kubernetes:rbac.authorization.k8s.io/v1:ClusterRole",
+        {"rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["*"]}]},
+    ),
     ("eks-control-plane-logging", EKS, {**GOOD_EKS, "enabledClusterLogTypes": ["api"]}),
     ("eks-secrets-encryption", EKS, {**GOOD_EKS, "encryptionConfig": None}),
     ("eks-endpoint-not-open", EKS, {**GOOD_EKS, "vpcConfig": {"endpointPrivateAccess": True}}),

@@ -1,4 +1,7 @@
-"""Flow-run Jobs read the Prefect API key from the Secret; the worker needs no Secret rights.
+"""Flow-run Jobs read the Prefect credential from the Secret; the worker needs no Secret rights.
+
+The credential is the API key (prod: Prefect Cloud) or the in-cluster server's basic-auth string
+(dev: mlre:prefectServer); prefect-kubernetes has a pair of settings for each.
 
 The Job is built along prefect-kubernetes' own path for a flow run (the pool's base template,
 `from_template_and_values`, `prepare_for_flow_run`, then `KubernetesWorker._create_job`), with the
@@ -15,20 +18,33 @@ from typing import Any, ClassVar
 
 import pytest
 from prefect.client.schemas.objects import FlowRun
-from prefect.settings import PREFECT_API_KEY, PREFECT_API_URL, temporary_settings
+from prefect.settings import (
+    PREFECT_API_AUTH_STRING,
+    PREFECT_API_KEY,
+    PREFECT_API_URL,
+    temporary_settings,
+)
 from prefect_kubernetes import worker as k8s_worker
 
 from flows import work_pools
-from infra.prefect_worker import API_KEY_ENTRY, API_SECRET
+from infra.prefect_worker import API_KEY_ENTRY, API_SECRET, AUTH_STRING_ENTRY
 from mlre import k8s_labels
-from tests.infra.infra_harness import TEST_SECRETS, Run, manifests, stack_config
+from tests.infra.infra_harness import TEST_SECRETS, Run, manifests, runs_prefect_server
 
 pytestmark = pytest.mark.infra
 
 API_KEY = TEST_SECRETS["mlre:prefectApiKey"]
+AUTH_STRING = "admin:" + "p" * 32  # the in-cluster server's, from the mocked RandomPassword
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/mlre:abc1234"
 SETTINGS_PREFIX = "PREFECT_INTEGRATIONS_KUBERNETES_"
 SECRET_WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection", "*"}
+
+
+def _credential(run: Run) -> tuple[str, str]:
+    """The env var and value of the credential this stack's clients send."""
+    return (
+        (AUTH_STRING_ENTRY, AUTH_STRING) if runs_prefect_server(run) else (API_KEY_ENTRY, API_KEY)
+    )
 
 
 def _objects(run: Run, kind: str, name: str) -> list[dict[str, Any]]:
@@ -96,10 +112,16 @@ def submit(monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setattr(k8s_worker, "CoreV1Api", _CoreApi)
     _CoreApi.calls.clear()
 
-    def _run(pool: str, settings: dict[str, str]) -> dict[str, Any]:
+    def _run(
+        pool: str, settings: dict[str, str], credential: str = API_KEY_ENTRY
+    ) -> dict[str, Any]:
         for name, value in settings.items():
             monkeypatch.setenv(name, value)
-        api = {PREFECT_API_URL: stack_config("dev")["mlre:prefectApiUrl"], PREFECT_API_KEY: API_KEY}
+        api = {PREFECT_API_URL: "https://prefect.example.com/api"}
+        if credential == API_KEY_ENTRY:
+            api[PREFECT_API_KEY] = API_KEY
+        else:
+            api[PREFECT_API_AUTH_STRING] = AUTH_STRING
         # The worker's own settings: prepare_for_flow_run copies them into the Job's env.
         with temporary_settings(api):
             return asyncio.run(_submit(pool))
@@ -108,40 +130,56 @@ def submit(monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 @pytest.mark.parametrize("pool", work_pools.KUBERNETES_POOLS)
-def test_flow_run_job_never_carries_the_api_key(
+def test_flow_run_job_never_carries_the_credential(
     pool: str, stack_runs: dict[str, Run], submit: Any
 ) -> None:
     for stack, run in stack_runs.items():
-        job = submit(pool, _worker_settings(run, pool))
-        assert API_KEY not in json.dumps(job), f"{stack}/{pool}: API key in the Job manifest"
+        credential, value = _credential(run)
+        job = submit(pool, _worker_settings(run, pool), credential)
+        assert value not in json.dumps(job), f"{stack}/{pool}: {credential} in the Job manifest"
         (container,) = job["spec"]["template"]["spec"]["containers"]
-        (entry,) = [e for e in container["env"] if e["name"] == "PREFECT_API_KEY"]
+        (entry,) = [e for e in container["env"] if e["name"] == credential]
         assert entry == {
-            "name": "PREFECT_API_KEY",
-            "valueFrom": {"secretKeyRef": {"name": API_SECRET, "key": API_KEY_ENTRY}},
+            "name": credential,
+            "valueFrom": {"secretKeyRef": {"name": API_SECRET, "key": credential}},
         }
-        # The Secret it names exists in the Job's namespace and holds that key.
+        # The Secret it names exists in the Job's namespace and holds that credential only.
         namespace = job["metadata"]["namespace"]
         (secret,) = [s for s in _objects(run, "Secret", API_SECRET)
                      if s["metadata"]["namespace"] == namespace]  # fmt: skip
-        assert secret["stringData"][API_KEY_ENTRY] == API_KEY
+        assert secret["stringData"] == {credential: value}
         assert namespace == k8s_labels.FLOWS_NAMESPACE
         # No Secret created or read on the way: the Role needs no rights on Secrets.
         assert _CoreApi.calls == []
 
 
-def test_without_the_settings_the_key_would_be_plain(submit: Any) -> None:
+@pytest.mark.parametrize(("credential", "value"), [(API_KEY_ENTRY, API_KEY),
+                                                   (AUTH_STRING_ENTRY, AUTH_STRING)])  # fmt: skip
+def test_without_the_settings_the_credential_would_be_plain(
+    submit: Any, credential: str, value: str
+) -> None:
     # prefect-kubernetes' default, which the check above would catch.
-    job = submit(k8s_labels.CPU_WORK_POOL, {})
-    assert API_KEY in json.dumps(job)
+    job = submit(k8s_labels.CPU_WORK_POOL, {}, credential)
+    assert value in json.dumps(job)
 
 
 def test_workers_name_the_secret_and_its_key(stack_runs: dict[str, Run]) -> None:
     for run in stack_runs.values():
+        credential, _ = _credential(run)
+        setting = "API_AUTH_STRING" if credential == AUTH_STRING_ENTRY else "API_KEY"
         for pool in work_pools.KUBERNETES_POOLS:
             settings = _worker_settings(run, pool)
-            assert settings[f"{SETTINGS_PREFIX}WORKER_API_KEY_SECRET_NAME"] == API_SECRET
-            assert settings[f"{SETTINGS_PREFIX}WORKER_API_KEY_SECRET_KEY"] == API_KEY_ENTRY
+            assert settings == {
+                f"{SETTINGS_PREFIX}WORKER_{setting}_SECRET_NAME": API_SECRET,
+                f"{SETTINGS_PREFIX}WORKER_{setting}_SECRET_KEY": credential,
+            }
+            # The worker itself reads the same Secret; it never gets the other credential.
+            env = {e["name"]: e for e in _worker_container(run, pool)["env"]}
+            assert env[credential]["valueFrom"]["secretKeyRef"] == {
+                "name": API_SECRET,
+                "key": credential,
+            }
+            assert not ({API_KEY_ENTRY, AUTH_STRING_ENTRY} - {credential}) & set(env)
             # Never the mode where the worker writes a Secret of its own.
             assert f"{SETTINGS_PREFIX}WORKER_CREATE_SECRET_FOR_API_KEY" not in settings
             assert f"{SETTINGS_PREFIX}WORKER_STORE_ENV_AS_SECRET" not in settings

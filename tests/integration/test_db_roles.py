@@ -22,10 +22,12 @@ import pytest
 from psycopg import errors
 
 from infra import db_roles
-from infra.db_roles import FEAST, FEAST_READER, MLFLOW, ROLES
+from infra.db_roles import FEAST, FEAST_READER, MLFLOW
 from tests.support.servers import PostgresServer, run_dir
 
 pytestmark = pytest.mark.integration
+
+ROLES = db_roles.stack_roles(prefect_server=True)  # every role a stack can have
 
 HBA = "local all postgres trust\nlocal all all scram-sha-256\n"
 
@@ -86,7 +88,7 @@ def _expand(arg: str, env: Mapping[str, str]) -> str:
 def run_job(server: PostgresServer, passwords: Mapping[str, str], tmp: Path) -> str:
     """Run the script exactly as the Job does: same argv, variables from the same env vars."""
     script = tmp / db_roles.SCRIPT_KEY
-    script.write_text(db_roles.render_script())
+    script.write_text(db_roles.render_script(ROLES))
     admin_url = server.uri.replace("/postgres?", f"/{db_roles.ADMIN_DATABASE}?", 1)
     env = {db_roles.ADMIN_URL_ENV: admin_url}
     env |= {r.env_var: db_roles.role_verifier(r, passwords[r.name]) for r in ROLES}
