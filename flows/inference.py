@@ -5,14 +5,22 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
-from prefect import flow, task
+from prefect import flow, task, unmapped
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import Field
 
 from flows import slis
-from flows._common import ModelParams, StoreParams, lake_source, server_task, store_for
+from flows._common import (
+    ModelParams,
+    StoreParams,
+    lake_source,
+    load_model_version,
+    server_task,
+    store_for,
+)
+from flows.runners import partition_runner
 from mlre import inference, prediction_log
 from mlre.data.lake import read_events
 from mlre.settings import get_settings
@@ -36,6 +44,13 @@ class BatchInferenceParams(ModelParams, StoreParams):
         default_factory=lambda: ["is_fraud"],
         description="Columns never sent to the model (labels).",
     )
+    partitions: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="Row partitions scored as separate tasks (MLRE_TASK_RUNNER runs them); "
+        "each loads the model once.",
+    )
 
 
 @task(cache_policy=NO_CACHE, name="load-requests")
@@ -49,17 +64,51 @@ def load_requests(params: BatchInferenceParams) -> pd.DataFrame:
     return events.drop(columns=[c for c in params.drop_columns if c in events.columns])
 
 
-@server_task("score-window", retries=2, retry_delay_seconds=[2, 10])
-def score_window(params: BatchInferenceParams, requests: pd.DataFrame) -> pd.DataFrame:
-    """Champion scores for every request, with point-in-time Feast features."""
+@server_task("resolve-champion", retries=2, retry_delay_seconds=[2, 10])
+def resolve_champion(params: BatchInferenceParams) -> tuple[str, str]:
+    """(version, feature service) of the champion, read once so every partition scores with it."""
     settings = get_settings()
     model_name = params.model_name or settings.model_name
-    model, version, service = inference.load_champion(settings.mlflow_tracking_uri, model_name)
+    return inference.champion_ref(settings.mlflow_tracking_uri, model_name)
+
+
+@server_task("score-partition", retries=2, retry_delay_seconds=[2, 10])
+def score_partition(
+    params: BatchInferenceParams,
+    version: str,
+    service: str,
+    requests: pd.DataFrame,
+    predicted_at: datetime,
+) -> pd.DataFrame:
+    """One partition's scores with point-in-time Feast features (model and store opened here:
+    the task may run in another process)."""
+    model_name = params.model_name or get_settings().model_name
+    model = load_model_version(model_name, version)
     store = store_for(params.repo_path, params.store_profile)
     return inference.score_frame(
         store, model, service, requests, model_name=model_name, model_version=version,
-        predicted_at=params.now,
+        predicted_at=predicted_at, require_served=False,
     )  # fmt: skip
+
+
+def score_requests(params: BatchInferenceParams, requests: pd.DataFrame) -> pd.DataFrame:
+    """The window's scores, partition by partition on the settings' task runner, in row order."""
+    version, service = resolve_champion(params)
+    # One clock for every partition: their rows carry the same predicted_at.
+    predicted_at = params.now or datetime.now(UTC)
+    with partition_runner() as (runner, _):
+        futures = runner.map(
+            score_partition,
+            {
+                "params": unmapped(params),
+                "version": unmapped(version),
+                "service": unmapped(service),
+                "requests": inference.row_partitions(requests, params.partitions),
+                "predicted_at": unmapped(predicted_at),
+            },
+        )
+        parts = futures.result()
+    return inference.concat_scored(parts, service)
 
 
 @server_task("write-prediction-log", retries=2, retry_delay_seconds=[2, 10])
@@ -82,7 +131,7 @@ def batch_inference(params: BatchInferenceParams | None = None) -> dict[str, obj
     """Score a window with the champion and write the prediction log partition."""
     params = params or BatchInferenceParams()
     requests = load_requests(params)
-    scored = score_window(params, requests)
+    scored = score_requests(params, requests)
     path = write_log(params, scored) if len(scored) else None
     summary = {
         "requests": len(requests),

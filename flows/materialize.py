@@ -6,16 +6,18 @@ import shutil
 import uuid
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from prefect import flow, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
+from prefect.task_runners import TaskRunner
 from pydantic import Field
 
 from flows import slis
 from flows._common import StoreParams, server_task, store_for
+from flows.runners import partition_runner
 from mlre.features import materialize as engine
 from mlre.features.sources import validate_view_source
 from mlre.features.store import apply_repo, select_views
@@ -189,33 +191,54 @@ def _materialize(
             validate_source(repo, profile, view)
     windows: dict[str, engine.Window] = {}
     results: list[engine.PartitionResult] = []
-    for view in views:
-        plan = plan_window(repo, profile, view, params)
-        if plan is None:
-            logger.info("%s: nothing new to materialize", view)
-            finished[view] = None
-            continue
-        window, partitions = plan
-        windows[view] = window
-        staged = stage_source(repo, profile, view, window)
-        try:
-            futures = materialize_partition.map(
-                unmapped(repo),
-                unmapped(profile),
-                unmapped(view),
-                window=unmapped(window),
-                partition=range(partitions),
-                partitions=unmapped(partitions),
-                memory_limit_mb=unmapped(params.memory_limit_mb),
-                source_uri=unmapped(staged),
-            )
-            written = futures.result()
-        finally:
-            if staged:
-                shutil.rmtree(Path(staged).parent, ignore_errors=True)
-        results.extend(written)
-        record_interval(repo, profile, view, window)
-        finished[view] = _newest(written)
-        logger.info("%s: %s keys in %s partitions", view, sum(r.keys for r in written), partitions)
+    with partition_runner(store.config.online_store.type) as (runner, runner_plan):
+        for view in views:
+            plan = plan_window(repo, profile, view, params)
+            if plan is None:
+                logger.info("%s: nothing new to materialize", view)
+                finished[view] = None
+                continue
+            window, partitions = plan
+            windows[view] = window
+            stage = runner_plan.shares_local_disk
+            written = _write_partitions(runner, params, view, window, partitions, stage=stage)
+            results.extend(written)
+            record_interval(repo, profile, view, window)
+            finished[view] = _newest(written)
+            keys = sum(r.keys for r in written)
+            logger.info("%s: %s keys in %s partitions", view, keys, partitions)
     _report(results, windows)
     return results
+
+
+def _write_partitions(
+    runner: TaskRunner[Any],
+    params: MaterializeParams,
+    view: str,
+    window: engine.Window,
+    partitions: int,
+    *,
+    stage: bool,
+) -> list[engine.PartitionResult]:
+    """Every partition of one view as a task on `runner`. `stage`: the workers share this
+    machine's disk, so a remote source is copied here once for all of them (deleted after)."""
+    repo, profile = params.repo_path, params.store_profile
+    staged = stage_source(repo, profile, view, window) if stage else None
+    try:
+        futures = runner.map(
+            materialize_partition,
+            {
+                "repo_path": unmapped(repo),
+                "store_profile": unmapped(profile),
+                "view": unmapped(view),
+                "window": unmapped(window),
+                "partition": range(partitions),
+                "partitions": unmapped(partitions),
+                "memory_limit_mb": unmapped(params.memory_limit_mb),
+                "source_uri": unmapped(staged),
+            },
+        )
+        return futures.result()
+    finally:
+        if staged:
+            shutil.rmtree(Path(staged).parent, ignore_errors=True)

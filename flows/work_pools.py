@@ -179,9 +179,14 @@ def _place_pods(template: dict[str, Any], pool: str) -> None:
 
 
 def _use_database_access(pod_spec: dict[str, Any], container: dict[str, Any]) -> None:
-    """The flows' Feast registry URL from the stack's Secret, and the RDS CA bundle its
-    `sslrootcert` names. Both optional: a cluster without the stack's objects still runs pods."""
-    container["envFrom"] = [{"secretRef": {"name": k8s_labels.FLOWS_DB_SECRET, "optional": True}}]
+    """The flows' Feast registry URL from the stack's Secret, the Dask worker defaults from the
+    stack's ConfigMap, and the RDS CA bundle the registry URL's `sslrootcert` names. All optional:
+    a cluster without the stack's objects still runs pods."""
+    container["envFrom"] = [
+        {"secretRef": {"name": k8s_labels.FLOWS_DB_SECRET, "optional": True}},
+        # The Dask worker defaults of infra/dask_operator.py; a deployment's `env` overrides them.
+        {"configMapRef": {"name": k8s_labels.FLOWS_DASK_CONFIG_MAP, "optional": True}},
+    ]
     volume = {"name": "rds-ca", "mountPath": k8s_labels.RDS_CA_DIR, "readOnly": True}
     container["volumeMounts"] = [*container.get("volumeMounts", []), volume]
     pod_spec["volumes"] = [

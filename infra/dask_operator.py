@@ -43,7 +43,7 @@ WORKER_PODS = {"dask.org/component": "worker"}
 SCHEDULER_PORT = 8786  # workers and clients (tcp-comm)
 DASHBOARD_PORT = 8787  # HTTP API the operator asks which workers to retire (http-dashboard)
 
-SETTINGS_CONFIG_MAP = "flows-dask"
+SETTINGS_CONFIG_MAP = k8s_labels.FLOWS_DASK_CONFIG_MAP
 FLOWS_ROLE = "dask-clusters"
 TASK_RUNNER = "dask-kubernetes"  # MLRE_TASK_RUNNER: a per-run DaskCluster via this operator
 

@@ -6,6 +6,7 @@ and reads them) with route "batch".
 
 from __future__ import annotations
 
+import itertools
 import logging
 import tempfile
 import uuid
@@ -51,6 +52,13 @@ _ROW_ID = "_mlre_row_id"
 
 def load_champion(tracking_uri: str, model_name: str) -> tuple[Any, str, str]:
     """(model, version, feature service name) of the model's current champion."""
+    version, service = champion_ref(tracking_uri, model_name)
+    # Load by number, not by alias: the alias may move between the two reads.
+    return load_version(tracking_uri, model_name, version), version, service
+
+
+def champion_ref(tracking_uri: str, model_name: str) -> tuple[str, str]:
+    """(version, feature service name) of the model's current champion, without loading it."""
     from mlflow import MlflowClient
 
     from mlre.registry import champion_version
@@ -62,9 +70,7 @@ def load_champion(tracking_uri: str, model_name: str) -> tuple[Any, str, str]:
             f"Model {model_name!r} has no champion yet at {tracking_uri}: run the ml-pipeline "
             f"flow or `mlre promote {model_name} VERSION` first."
         )
-    service = _feature_service_of(client, version)
-    # Load by number, not by alias: the alias may move between the two reads.
-    return load_version(tracking_uri, model_name, version.version), version.version, service
+    return str(version.version), _feature_service_of(client, version)
 
 
 def _feature_service_of(client: Any, version: Any) -> str:
@@ -214,6 +220,15 @@ def _no_predictions(keys: list[str], inputs: list[str]) -> pd.DataFrame:
     return out
 
 
+def check_served(service: str, rows_in: int, rows_scored: int) -> None:
+    """InferenceError when Feast served none of a window's rows."""
+    if rows_in and not rows_scored:
+        raise InferenceError(
+            f"Feast returned no features of service {service!r} for any of the {rows_in} "
+            "rows; materialize/backfill the sources for this window or check its timestamps."
+        )
+
+
 def score_frame(
     store: FeatureStore,
     model: Any,
@@ -225,12 +240,14 @@ def score_frame(
     route: str = BATCH_ROUTE,
     request_id_column: str | None = None,
     predicted_at: datetime | None = None,
+    require_served: bool = True,
 ) -> pd.DataFrame:
     """Prediction-log rows for `entities` (keys, event_timestamp, request columns).
 
     Rows Feast cannot serve (no batch feature value within the views' TTL) are not scored; the
     counts are in `frame.attrs` (ROWS_IN, ROWS_SCORED, ROWS_DROPPED) and logged. Every row
     dropped is an InferenceError: the features are stale or the window is wrong.
+    `require_served=False` (one partition of a window): leave that check to `concat_scored`.
     """
     service = _service(store, feature_service)
     keys, request = service_columns(store, service)
@@ -259,11 +276,8 @@ def score_frame(
     served = _served_rows(store, service, features, inputs)
     row_ids = served.index.to_numpy()
     dropped = len(frame) - len(row_ids)
-    if len(frame) and not len(row_ids):
-        raise InferenceError(
-            f"Feast returned no features of service {service.name!r} for any of the {len(frame)} "
-            "rows; materialize/backfill the sources for this window or check its timestamps."
-        )
+    if require_served:
+        check_served(service.name, len(frame), len(row_ids))
     kept = frame.iloc[served.index.to_numpy()].reset_index(drop=True)
     out = kept[keys].copy()
     out[TIMESTAMP_COLUMN] = kept[TIMESTAMP_COLUMN].dt.tz_convert("UTC")
@@ -287,4 +301,37 @@ def score_frame(
             len(frame),
             dropped,
         )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Partitions of a window (scored as separate tasks, possibly in other processes)
+# --------------------------------------------------------------------------------------------
+
+
+def row_partitions(frame: pd.DataFrame, partitions: int) -> list[pd.DataFrame]:
+    """`frame` cut into at most `partitions` contiguous, non-empty slices in row order (one
+    empty slice for an empty frame), so the scored slices concatenate back in row order."""
+    if partitions < 1:
+        raise InferenceError(f"partitions must be at least 1, not {partitions}.")
+    count = max(1, min(partitions, len(frame)))
+    bounds = np.linspace(0, len(frame), count + 1).round().astype(int)
+    return [frame.iloc[start:end] for start, end in itertools.pairwise(bounds)]
+
+
+def concat_scored(parts: list[pd.DataFrame], service: str) -> pd.DataFrame:
+    """The scored partitions of a window as one frame in row order, with the window's counts;
+    an InferenceError when Feast served none of its rows (as `score_frame` on the whole)."""
+    rows_in = sum(p.attrs[ROWS_IN] for p in parts)
+    rows_scored = sum(p.attrs[ROWS_SCORED] for p in parts)
+    check_served(service, rows_in, rows_scored)
+    # Empty slices would turn typed columns into objects; the first part keeps the schema.
+    kept = [p for p in parts if len(p)] or parts[:1]
+    out = pd.concat(kept, ignore_index=True)
+    out.attrs = {
+        ROWS_IN: rows_in,
+        ROWS_SCORED: rows_scored,
+        ROWS_DROPPED: sum(p.attrs[ROWS_DROPPED] for p in parts),
+        KEY_COLUMNS: parts[0].attrs[KEY_COLUMNS],
+    }
     return out

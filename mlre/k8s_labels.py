@@ -40,6 +40,9 @@ FEAST_READER_ROLE = "feast-reader"  # the prediction service: online reads only
 # and the flow-run job templates use: the Secret with the flows' Feast registry URL (`feast` role,
 # envFrom) and the ConfigMap with the RDS CA bundle its `sslrootcert` names.
 FLOWS_DB_SECRET = "flows-db"
+# ConfigMap in the flows namespace with the Dask worker defaults (MLRE_TASK_RUNNER, MLRE_DASK_*)
+# that infra/dask_operator.py writes; every flow-run pod reads it (envFrom, optional).
+FLOWS_DASK_CONFIG_MAP = "flows-dask"
 RDS_CA_CONFIG_MAP = "rds-ca"
 RDS_CA_DIR = "/etc/rds-ca"
 

@@ -14,9 +14,12 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mlre import k8s_labels
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 StoreProfile = Literal["local", "production"]
+TaskRunnerKind = Literal["in-process", "dask-local", "dask-scheduler", "dask-kubernetes"]
 HEARTBEAT_ENV = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
 MIN_FLOW_HEARTBEAT_S = 30  # Prefect refuses a shorter heartbeat period
 
@@ -108,6 +111,41 @@ class Settings(BaseSettings):
         description="Hourly price per instance type: ESTIMATES (us-east-1 on-demand list "
         "prices, no savings plans or spot discounts); override with MLRE_INSTANCE_HOURLY_USD "
         'as JSON, e.g. {"g5.xlarge": 0.42} for spot.',
+    )
+
+    # The task runner of the partitioned work (materialization and batch-inference partitions):
+    # checked and turned into runner options by mlre.task_runners, built by flows/runners.py.
+    task_runner: TaskRunnerKind = Field(
+        "in-process",
+        description="Where partition tasks run: in-process (Prefect's thread pool), dask-local "
+        "(a LocalCluster of worker processes per run), dask-scheduler (an existing Dask "
+        "scheduler) or dask-kubernetes (a DaskCluster per run, Dask Kubernetes operator).",
+    )
+    dask_workers: int = Field(2, ge=1, le=256, description="Dask worker processes or pods.")
+    dask_worker_memory_mb: int = Field(
+        2048,
+        ge=256,
+        description="Memory limit per Dask worker (one partition at a time each); the nanny "
+        "restarts a worker that goes past it.",
+    )
+    dask_worker_cpu: float = Field(1.0, gt=0, description="CPU request of a Dask worker pod.")
+    dask_scheduler_address: str = Field(
+        "", description="Existing scheduler for task_runner=dask-scheduler (tcp://host:8786)."
+    )
+    dask_image: str = Field(
+        "", description="Worker image for task_runner=dask-kubernetes (the flows' own image)."
+    )
+    dask_namespace: str = Field(
+        k8s_labels.FLOWS_NAMESPACE, description="Namespace of the per-run DaskCluster."
+    )
+    dask_service_account: str = Field(
+        k8s_labels.FLOWS_SERVICE_ACCOUNT,
+        description="Service account of the DaskCluster's pods (the flows' IRSA account).",
+    )
+    dask_worker_pool: Literal["cpu", "gpu"] = Field(
+        "cpu",
+        description="Node pool of the Dask worker pods; gpu adds the GPU taint's toleration "
+        "and one GPU per worker.",
     )
 
     # The error-budget policy (mlre.slo.policy) of promote-model and canary-rollout.

@@ -288,3 +288,23 @@ def test_other_dask_paths_are_refused(
     dev_policies: Any, source: Pod, target: Pod, port: int
 ) -> None:
     assert not allowed(dev_policies, source, target, port)
+
+
+def test_flow_runs_read_every_setting_the_stack_exports(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlre.settings import Settings
+
+    exported = dask_operator.worker_settings(
+        DaskConfig(operator_chart_version="2026.3.0", worker_cpu=0.5, worker_memory_mb=1024,
+                   max_workers=3, worker_pool="gpu"),
+        "registry.example/mlre:1",
+    )  # fmt: skip
+    for name, value in exported.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    fields = {f"MLRE_{name.upper()}" for name in Settings.model_fields}
+    assert set(exported) <= fields  # nothing exported that no setting reads
+    assert settings.task_runner == "dask-kubernetes"
+    assert settings.dask_image == "registry.example/mlre:1"
+    assert (settings.dask_workers, settings.dask_worker_memory_mb) == (3, 1024)
+    assert (settings.dask_worker_cpu, settings.dask_worker_pool) == (0.5, "gpu")
+    assert settings.dask_service_account == k8s_labels.FLOWS_SERVICE_ACCOUNT

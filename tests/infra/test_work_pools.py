@@ -369,8 +369,8 @@ def test_flow_pods_reach_the_registry_as_the_feast_role_over_verified_tls(
     manifest = request.getfixturevalue(job)
     pod = manifest["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    assert container["envFrom"] == [
-        {"secretRef": {"name": k8s_labels.FLOWS_DB_SECRET, "optional": True}}
+    assert {"secretRef": {"name": k8s_labels.FLOWS_DB_SECRET, "optional": True}} in container[
+        "envFrom"
     ]
     (mount,) = [m for m in container["volumeMounts"] if m["name"] == "rds-ca"]
     (volume,) = [v for v in pod["volumes"] if v["name"] == "rds-ca"]
@@ -391,3 +391,20 @@ def test_flow_pods_reach_the_registry_as_the_feast_role_over_verified_tls(
                                     "namespace": k8s_labels.FLOWS_NAMESPACE}
     ]  # fmt: skip
     assert config_map["data"]
+
+
+@pytest.mark.parametrize("job", ["cpu_job", "gpu_job"])
+def test_flow_pods_read_the_dask_defaults_the_stack_writes(
+    job: str, request: pytest.FixtureRequest, stack_runs: dict[str, Run]
+) -> None:
+    manifest = request.getfixturevalue(job)
+    (container,) = manifest["spec"]["template"]["spec"]["containers"]
+    source = {"configMapRef": {"name": k8s_labels.FLOWS_DASK_CONFIG_MAP, "optional": True}}
+    assert source in container["envFrom"]
+    for run in stack_runs.values():
+        (config_map,) = [
+            r.inputs for r in run.of_type("kubernetes:core/v1:ConfigMap")
+            if r.inputs["metadata"]["name"] == k8s_labels.FLOWS_DASK_CONFIG_MAP
+        ]  # fmt: skip
+        assert config_map["metadata"]["namespace"] == k8s_labels.FLOWS_NAMESPACE
+        assert config_map["data"]["MLRE_TASK_RUNNER"] == "dask-kubernetes"

@@ -8,12 +8,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import pandas as pd
 import psycopg
 import pytest
 import redis
 from feast import FeatureStore
 
 from mlre.data.generator import GeneratorConfig, generate_sources, write_sources
+from mlre.features.consistency import read_online
 from mlre.features.store import apply_repo, open_store
 from mlre.settings import Settings
 
@@ -49,6 +51,12 @@ class FeatureEnv:
 
     def reopen(self) -> FeatureStore:
         return open_store(self.settings)
+
+    def online_rows(self, view: str) -> pd.DataFrame:
+        """Every generated customer's online row of `view` (values and event time)."""
+        store = self.reopen()
+        keys = pd.DataFrame({"customer_id": self.config.customer_ids.astype("int64")})
+        return read_online(store, store.get_feature_view(view), keys)
 
 
 @pytest.fixture(scope="session")

@@ -8,36 +8,24 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
-from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
-from sklearn.pipeline import make_pipeline
 
 from mlre.errors import InferenceError
 from mlre.inference import ROWS_DROPPED, ROWS_IN, ROWS_SCORED, load_champion, score_frame
 from mlre.mlflow_uri import global_tracking_uri
 from mlre.prediction_log import read_predictions, write_predictions
-from mlre.registry import file_lock, promote
 from tests.integration.conftest import NOW, FeatureEnv, recent_config
+from tests.support.champion import INPUTS, SERVICE, register_champion
 from tests.support.mlflow_server import MlflowServer
 
 pytestmark = pytest.mark.integration
 
-SERVICE = "fraud_model_v1"
-INPUTS = [
-    "night_txn_share_1d",
-    "foreign_txn_share_1d",
-    "chargeback_count_90d",
-    "distinct_merchants_1d",
-    "amount_to_avg_30d_ratio",
-]
 LOG_SCHEMA = pa.schema(
     [
         ("customer_id", pa.int64()),
@@ -68,36 +56,10 @@ def _transactions(env: FeatureEnv) -> pd.DataFrame:
     return pd.read_parquet(env.settings.lake_dir / "sources" / "transactions")
 
 
-def _register_champion(env: FeatureEnv, tracking_uri: str, train: pd.DataFrame) -> str:
-    """Train a tiny model on point-in-time features, register and promote it; its name."""
-    rows = train[["customer_id", "event_timestamp", "amount", "is_fraud"]]
-    service = env.store.get_feature_service(SERVICE)
-    features = env.store.get_historical_features(entity_df=rows, features=service).to_df()
-    model = make_pipeline(SimpleImputer(), LogisticRegression(max_iter=500))
-    model.fit(features[INPUTS].astype("float64"), features["is_fraud"])
-    name = f"fraud-inference-{uuid.uuid4().hex[:8]}"
-    mlflow.set_experiment("inference-tests")
-    with mlflow.start_run():
-        mlflow.set_tag("feature_service", SERVICE)
-        info = mlflow.sklearn.log_model(
-            model,
-            name="model",
-            registered_model_name=name,
-            pip_requirements=["scikit-learn"],
-            # SimpleImputer keeps a numpy dtype, which skops does not trust by default.
-            skops_trusted_types=["numpy.dtype"],
-        )
-    version = str(info.registered_model_version)
-    client = MlflowClient(tracking_uri)
-    promote(client, name, version, reason="test", run_id="pytest", actor="tester",
-            lock=file_lock(env.settings))  # fmt: skip
-    return name
-
-
 def test_score_a_window_write_and_read_back_the_log(env: FeatureEnv, tracking_uri: str) -> None:
     source = _transactions(env)
     cutoff = source["event_timestamp"].max().normalize()  # the last day is the scoring window
-    name = _register_champion(env, tracking_uri, source[source["event_timestamp"] < cutoff])
+    name = register_champion(env, tracking_uri, source[source["event_timestamp"] < cutoff])
     window = source[source["event_timestamp"] >= cutoff]
     # Three customers nobody knows: Feast has no features for them and drops the rows.
     ghosts = window.head(3).assign(customer_id=np.arange(3, dtype=np.int64) + 10**9)

@@ -20,7 +20,6 @@ from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 
 from mlre.canary import CANARY_SHARE_TAG, in_canary
-from mlre.mlflow_uri import global_tracking_uri
 from mlre.prediction_log import read_predictions
 from mlre.serving_config import ServingConfig
 from mlre.settings import Settings
@@ -29,6 +28,7 @@ from serving.app import create_app
 from serving.features import plan_service, read_features
 from serving.models import mlflow_loader
 from tests.integration.conftest import FeatureEnv, build_feature_env, recent_config
+from tests.support.champion import log_sklearn_version
 from tests.support.serving_process import HOLD_THE_LOG, serving_env, serving_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -78,7 +78,6 @@ def register_model(
     env: FeatureEnv, tracking_uri: str, model_name: str, *, seed: int = 0, shift: float = 0.0
 ) -> str:
     """Fit a small logistic model on served features, register it; `shift` adds log-odds."""
-    import mlflow
     from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
@@ -96,17 +95,7 @@ def register_model(
         ]
     ).fit(frame, label)
     model.named_steps["model"].intercept_ += shift
-    with global_tracking_uri(tracking_uri):
-        mlflow.set_experiment(f"serving-{model_name}")
-        with mlflow.start_run():
-            info = mlflow.sklearn.log_model(
-                model,
-                name="model",
-                registered_model_name=model_name,
-                pip_requirements=["scikit-learn"],
-                skops_trusted_types=["numpy.dtype"],
-            )
-    version = str(info.registered_model_version)
+    version = log_sklearn_version(tracking_uri, f"serving-{model_name}", model, model_name)
     MlflowClient(tracking_uri).set_model_version_tag(
         model_name, version, "feature_service", SERVICE
     )
