@@ -49,6 +49,9 @@ class ServingConfig(BaseSettings):
     log_flush_rows: int = Field(1000, ge=1, description="Flush the prediction log at this size.")
     log_flush_interval_s: float = Field(5.0, gt=0, description="... or at least this often.")
     ready_probe_ttl_s: float = Field(2.0, ge=0, description="Cache of the /readyz store probe.")
+    warm_up_timeout_s: float = Field(
+        5.0, gt=0, description="Budget of each worker's first store read, before it takes traffic."
+    )
     # Requests are served on the event loop, but the model poller (loading a new version), the
     # log writer and SQLite reads run on threads; while one of them computes, the loop waits up
     # to CPython's GIL switch interval (default 5 ms) for its turn, which lands in p99 latency.

@@ -85,6 +85,7 @@ def create_app(
         if shared:  # this worker may replace one that was killed: drop that one's state
             worker_metrics.forget_dead_workers(shared)
         svc.holder.refresh()  # no model yet is fine: the service answers with the fallback
+        await svc.warm_up()  # the first store read opens the connection: not on a request
         svc.holder.start(config.poll_interval_s)
         svc.log.start()
         refresher = asyncio.create_task(_refresh_gauges(svc)) if shared else None

@@ -260,5 +260,16 @@ class FeatureFetcher:
         except Exception as exc:  # an on-demand view failed on these values: not the store
             raise FeatureUnavailable("feature_transform", f"{type(exc).__name__}: {exc}") from exc
 
+    async def warm_up(self, plan: ServicePlan, rows: list[dict[str, Any]], timeout_s: float) -> str:
+        """One read outside a request's budget, the breaker and the metrics, before traffic: a
+        worker's first read opens Feast's client and its connection, which alone can take longer
+        than `timeout_s` of a request. Returns why it failed ("" when it did not)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._read(plan, rows)
+        except Exception as exc:  # the service answers with its fallback until the store does
+            return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return ""
+
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

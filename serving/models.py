@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,6 +106,7 @@ def mlflow_loader(tracking_uri: str, model_name: str, store: FeatureStore) -> Lo
     from mlflow import MlflowClient
 
     def load(version: str) -> LoadedModel:
+        began = time.perf_counter()
         client = MlflowClient(tracking_uri)
         service = store.get_feature_service(feature_service_name(client, model_name, version))
         model = load_version(tracking_uri, model_name, version)
@@ -118,9 +120,13 @@ def mlflow_loader(tracking_uri: str, model_name: str, store: FeatureStore) -> Lo
         if not scorer.compiled:
             log.warning("Model %s v%s scores through its pipeline: %s", model_name, version,
                         scorer.reason)  # fmt: skip
-        return LoadedModel(
+        loaded = LoadedModel(
             model_name, version, model, service, inputs, plan_service(store, service), scorer
         )
+        how = "compiled" if scorer.compiled else "pipeline"
+        seconds = time.perf_counter() - began
+        log.info("Loaded model %s v%s in %.2f s (%s)", model_name, version, seconds, how)
+        return loaded
 
     return load
 

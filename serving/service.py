@@ -297,14 +297,24 @@ class PredictionService:
         checked, problem = self._probe
         if time.monotonic() - checked < self.config.ready_probe_ttl_s:
             return problem
-        probe = {name: _PROBE_VALUES.get(kind, 0) for name, kind in plan.input_kinds}
         try:
-            await self.fetcher.fetch(plan, [probe])
+            await self.fetcher.fetch(plan, [_probe_row(plan)])
             problem = None
         except FeatureUnavailable as exc:
             problem = f"feature store unreachable ({exc})"
         self._probe = (time.monotonic(), problem)
         return problem
+
+    async def warm_up(self) -> None:
+        """Read the champion's features once before this worker takes traffic (its first read
+        would otherwise miss the request budget and fall back); a failure is only logged."""
+        champion = self.holder.current.champion
+        if champion is None:
+            return
+        plan, budget = champion.plan, self.config.warm_up_timeout_s
+        problem = await self.fetcher.warm_up(plan, [_probe_row(plan)], budget)
+        if problem:
+            log.warning("Warm-up read of %s failed, serving anyway: %s", plan.name, problem)
 
     async def health(self) -> tuple[list[str], list[str]]:
         """(reasons not to send traffic, degradations while answering anyway).
@@ -340,6 +350,11 @@ class PredictionService:
 
 # A key or request value of each kind that no entity has: the readiness probe's one-row read.
 _PROBE_VALUES: dict[str, Any] = {"int": 0, "float": 1.0, "string": "", "bool": False}
+
+
+def _probe_row(plan: ServicePlan) -> dict[str, Any]:
+    """An entity row of `plan` that matches no entity (probes and warm-up read nothing real)."""
+    return {name: _PROBE_VALUES.get(kind, 0) for name, kind in plan.input_kinds}
 
 
 def _join_keys(models: ModelSet) -> tuple[str, ...]:

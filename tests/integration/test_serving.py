@@ -8,9 +8,10 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -25,7 +26,7 @@ from mlre.serving_config import ServingConfig
 from mlre.settings import Settings
 from mlre.waiting import wait_until
 from serving.app import create_app
-from serving.features import plan_service, read_features
+from serving.features import FeatureFetcher, ServicePlan, plan_service, read_features
 from serving.models import mlflow_loader
 from tests.integration.conftest import FeatureEnv, build_feature_env, recent_config
 from tests.support.champion import log_sklearn_version
@@ -220,6 +221,42 @@ def test_champion_answers_is_ready_counts_and_logs(local_env, two_versions, clie
     assert set(logged["route"]) == {"champion"}
     assert "caller-id-1" in set(logged["request_id"])
     assert logged["amount_to_avg_30d_ratio"].notna().all()  # model features are logged too
+
+
+def test_a_worker_reads_the_store_once_before_its_first_request(
+    two_versions, client_for, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker's first read opens Feast's client: done at start-up, outside any request budget,
+    # so the first request does not time out into the fallback (the serving benchmark saw one).
+    reads: list[str] = []
+    original = FeatureFetcher._read
+
+    def counted(self: FeatureFetcher, plan: ServicePlan, rows: list[dict]) -> Awaitable[Any]:
+        reads.append(plan.name)
+        return original(self, plan, rows)
+
+    monkeypatch.setattr(FeatureFetcher, "_read", counted)
+    name, _, _ = two_versions
+    client = client_for(name)
+
+    assert reads == [SERVICE]  # before any request: the champion's feature service
+    assert _nonzero_samples(client.get("/metrics").text, "mlre_serving_errors_total") == {}
+    assert _predict(client, [{"customer_id": 1001, "amount": 5.0}])[0]["route"] == "champion"
+
+
+def test_a_failed_warm_up_read_does_not_stop_the_worker(
+    two_versions, client_for, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def refused(self: FeatureFetcher, plan: ServicePlan, rows: list[dict]) -> Any:
+        raise ConnectionRefusedError("store down")
+
+    monkeypatch.setattr(FeatureFetcher, "_read", refused)
+    name, _, _ = two_versions
+    client = client_for(name)
+
+    assert f"Warm-up read of {SERVICE} failed, serving anyway" in caplog.text
+    assert client.get("/healthz").status_code == 200
+    assert _predict(client, [{"customer_id": 1001, "amount": 5.0}])[0]["route"] == "fallback"
 
 
 def test_no_model_yet_starts_ready_degraded_and_answers_with_the_rule(client_for) -> None:
