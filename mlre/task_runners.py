@@ -153,9 +153,9 @@ def with_pod_overrides(
     `worker_overrides` on top. The scheduler never holds a GPU (the operator's helper gives it
     the workers' resources)."""
     out = copy.deepcopy(spec)
-    for role in ("scheduler", "worker"):
+    by_role = {"scheduler": dict(overrides), "worker": {**overrides, **(worker_overrides or {})}}
+    for role, fields in by_role.items():
         pod = out["spec"][role]["spec"]
-        fields = {**overrides, **(worker_overrides or {} if role == "worker" else {})}
         pod.update({k: copy.deepcopy(v) for k, v in fields.items() if k != "envFrom"})
         for container in pod["containers"]:
             container["envFrom"] = copy.deepcopy(list(overrides.get("envFrom", [])))

@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from feast import FeatureStore
 
 from mlre.data.generator import ENTITY_COLUMN, TIMESTAMP_COLUMN
@@ -51,11 +50,6 @@ def model_table(columns: Columns, inputs: tuple[str, ...], n: int) -> dict[str, 
     """The model's input columns as arrays, numeric ones as float64 as in training (and stable
     in the log); a column the store did not return is all-missing."""
     return {name: _as_float_if_numeric(columns.get(name, [None] * n)) for name in inputs}
-
-
-def model_frame(columns: Columns, inputs: tuple[str, ...], n: int) -> pd.DataFrame:
-    """`model_table` as the DataFrame the pipeline itself takes."""
-    return pd.DataFrame(model_table(columns, inputs, n))
 
 
 def _as_float_if_numeric(values: Sequence[Any]) -> np.ndarray:

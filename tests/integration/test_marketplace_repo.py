@@ -34,7 +34,7 @@ from mlre.settings import Settings, get_settings
 from serving.app import create_app
 from serving.features import read_columns
 from serving.models import mlflow_loader
-from serving.service import model_frame
+from serving.service import model_table
 from tests.support.marketplace import (
     PROFILE_SOURCE,
     REGION,
@@ -228,7 +228,7 @@ def test_flows_materialize_check_train_score_and_serve(marketplace_env) -> None:
     loaded = mlflow_loader(tracking_uri, model_name, store)(outcome.version)
     rows = entities[[SELLER, REGION, "basket_value", "item_count"]].to_dict("records")
     columns = read_columns(store, loaded.plan, rows)
-    online = model.predict_proba(model_frame(columns, loaded.inputs, len(rows)))[:, 1]
+    online = model.predict_proba(pd.DataFrame(model_table(columns, loaded.inputs, len(rows))))[:, 1]
     assert len(batch) == len(rows) > 20
     np.testing.assert_allclose(online, batch["score"].to_numpy(), rtol=0, atol=1e-9)
     assert 0.0 < online.min() < online.max() < 1.0
