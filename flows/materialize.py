@@ -17,6 +17,7 @@ from pydantic import Field
 
 from flows import slis
 from flows._common import StoreParams, server_task, store_for
+from flows.resume import resumable
 from flows.runners import partition_runner
 from mlre.features import materialize as engine
 from mlre.features.sources import validate_view_source
@@ -191,19 +192,23 @@ def _materialize(
             validate_source(repo, profile, view)
     windows: dict[str, engine.Window] = {}
     results: list[engine.PartitionResult] = []
+    # Resumable (flows/resume.py): a retry of this run plans the same windows (not up to a new
+    # "now"), skips the partitions and intervals an earlier attempt finished.
+    plan = resumable(plan_window, "repo_path", "store_profile", "view", "params")
+    record = resumable(record_interval, "repo_path", "store_profile", "view", "window")
     with partition_runner(store.config.online_store.type) as (runner, runner_plan):
         for view in views:
-            plan = plan_window(repo, profile, view, params)
-            if plan is None:
+            planned = plan(repo, profile, view, params)
+            if planned is None:
                 logger.info("%s: nothing new to materialize", view)
                 finished[view] = None
                 continue
-            window, partitions = plan
+            window, partitions = planned
             windows[view] = window
             stage = runner_plan.shares_local_disk
             written = _write_partitions(runner, params, view, window, partitions, stage=stage)
             results.extend(written)
-            record_interval(repo, profile, view, window)
+            record(repo, profile, view, window)
             finished[view] = _newest(written)
             keys = sum(r.keys for r in written)
             logger.info("%s: %s keys in %s partitions", view, keys, partitions)
@@ -225,8 +230,12 @@ def _write_partitions(
     repo, profile = params.repo_path, params.store_profile
     staged = stage_source(repo, profile, view, window) if stage else None
     try:
+        partition_task = resumable(
+            materialize_partition, "repo_path", "store_profile", "view", "window", "partition",
+            "partitions",
+        )  # fmt: skip
         futures = runner.map(
-            materialize_partition,
+            partition_task,
             {
                 "repo_path": unmapped(repo),
                 "store_profile": unmapped(profile),

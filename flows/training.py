@@ -13,6 +13,7 @@ from pydantic import Field, model_validator
 
 from flows import slis
 from flows._common import LabelParams, ModelParams, StoreParams, lake_source, server_task, store_for
+from flows.resume import resumable
 from mlre import training
 from mlre.data.lake import read_events
 from mlre.features.services import service_columns
@@ -167,9 +168,13 @@ def train_model(params: TrainParams | None = None) -> TrainOutcome:
     config = resolve_training_config(params)
     check_device(config)
     labels = load_labels(params.label_source, params.start, params.end)
-    training_set = build_training_set(params, config, labels)
-    split, trained = fit_model(config, training_set)
-    logged = log_and_register(params, config, trained, training_set, split)
+    # Resumable (flows/resume.py): a retry of a run that got this far reads the training set,
+    # the fitted model and the registered version back, and never registers a second version.
+    training_set = resumable(build_training_set, "params", "config")(params, config, labels)
+    split, trained = resumable(fit_model, "config")(config, training_set)
+    logged = resumable(log_and_register, "params", "config")(
+        params, config, trained, training_set, split
+    )
     model_name = params.model_name or settings.model_name
     ts = config.timestamp_column
     create_table_artifact(

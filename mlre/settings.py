@@ -148,6 +148,14 @@ class Settings(BaseSettings):
         "and one GPU per worker.",
     )
 
+    # Where resumable tasks persist their results (flows/resume.py): a retried flow run reads
+    # what its earlier attempts finished from here instead of doing it again.
+    results_uri: str = Field(
+        "",
+        description="Root of the flows' persisted task results: s3://bucket/prefix in the cloud "
+        "(a flow pod's disk is lost with the pod). Default: <home>/results.",
+    )
+
     # The error-budget policy (mlre.slo.policy) of promote-model and canary-rollout.
     budget_policy_fail_closed: bool = Field(
         False,
@@ -170,6 +178,11 @@ class Settings(BaseSettings):
     def prediction_log_root(self) -> Path | str:
         """Lake root of the prediction log (`<root>/predictions/<model>/`): URI or local lake."""
         return self.prediction_log_uri or self.lake_dir
+
+    @property
+    def results_root(self) -> str:
+        """Root of the persisted task results: `results_uri`, else `<home>/results`."""
+        return self.results_uri or str(self.home / "results")
 
     @property
     def data_dir(self) -> Path:
