@@ -20,7 +20,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from flows import slis
+from flows import resume, slis
 from flows._common import mlflow_client, server_task, store_for
 from flows.automations import DRIFT_EVENT, emit_model_event
 from flows.consistency import ConsistencyParams, validate_feature_consistency
@@ -181,7 +181,8 @@ def _repair_consistency(views: list[str]) -> list[str]:
 @server_task("rerun-crashed-flow-run", retries=2, retry_delay_seconds=[2, 10])
 def rerun_crashed(alert: dict[str, Any]) -> str:
     """A new run of the crashed run's deployment with the same parameters (once per crashed run:
-    an idempotency key), after pushing the crash to the pipeline SLI that its dead process could
+    an idempotency key) that resumes it: its resumable steps read what the crashed run finished
+    (flows/resume.py). First it pushes the crash to the pipeline SLI that its dead process could
     not push. Escalation when the run is not Crashed or has no deployment to run again."""
     from prefect.client.orchestration import get_client
 
@@ -202,12 +203,13 @@ def rerun_crashed(alert: dict[str, Any]) -> str:
         rerun = client.create_flow_run_from_deployment(
             crashed.deployment_id,
             parameters=crashed.parameters,
-            tags=["mlre-rerun"],
+            tags=["mlre-rerun", resume.resume_tag(resume.run_scope(crashed.id))],
             idempotency_key=remediation.rerun_idempotency_key(run_id),
         )
     message = crashed.state.message if crashed.state else ""
     return (
-        f"{flow_name}/{deployment} run {crashed.name} crashed ({message}); re-run as {rerun.name}"
+        f"{flow_name}/{deployment} run {crashed.name} crashed ({message}); re-run as {rerun.name}, "
+        "resuming its finished steps"
     )
 
 

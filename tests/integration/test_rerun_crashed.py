@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from prefect import flow
 
-from flows import automations
+from flows import automations, resume
 from flows.remediation import remediate
 from mlre import remediation
 from mlre.waiting import wait_until
@@ -73,6 +73,8 @@ def test_a_crashed_run_is_run_again_once_with_its_parameters(target: Any) -> Non
     (again,) = reruns(target, crashed)
     assert again.parameters == {"n": 7, "label": "weekly"}
     assert "mlre-rerun" in again.tags
+    # It resumes the crashed run: its resumable steps read back what that run finished.
+    assert resume.resume_tag(str(crashed.id)) in again.tags
     assert again.state_type.value == "SCHEDULED"
     # The same alert again (a retried automation action): still one re-run.
     _, second = run(ACTION, alert)

@@ -2,7 +2,8 @@
 is lost. Nothing is left to report a final state, so only the zombie automation (flows.automations,
 created by `mlre deploy`) can end the run: it must turn Crashed once its heartbeats stop, release
 the deployment's concurrency slot, and the automatic re-run (`remediate/rerun-crashed`, started
-by the Crashed event) must complete through a new worker.
+by the Crashed event) must complete through a new worker, reading back every step the crashed run
+had finished (flows/resume.py) instead of doing it again.
 
 The platform is real and private (`mlre up` on free ports, `mlre deploy`, the project's own
 `ml-pipeline/weekly` deployment: concurrency limit 1, subflows, ~30 s of work after Running).
@@ -26,6 +27,7 @@ from tests.support.prefect_runs import (
     deployment_runs,
     heartbeats,
     lose_node,
+    persisted_steps,
     run_processes,
 )
 from tests.support.private_platform import PrivatePlatform, private_platform_home
@@ -136,6 +138,9 @@ def test_killed_worker_run_is_crashed_and_a_rerun_completes(plat: PrivatePlatfor
         (rerun,) = _wait("the automatic re-run", reruns, RERUN_TIMEOUT_S)
         assert rerun.parameters == _flow_run(run.id).parameters
         assert deploy.follow(rerun.id, lambda _: None, RERUN_TIMEOUT_S) == "COMPLETED"
+        # It resumed the crashed run: every step that run finished was read back, not redone.
+        finished = persisted_steps(run.id).get("Completed", set())
+        assert finished <= persisted_steps(rerun.id).get("Cached", set())
 
 
 def _automation_count(name: str) -> int:

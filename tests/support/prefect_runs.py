@@ -94,3 +94,30 @@ def lose_node(worker: psutil.Process, runners: list[psutil.Process]) -> None:
     _, alive = psutil.wait_procs(family, timeout=10)
     if alive:
         raise RuntimeError(f"still running after SIGKILL: {alive}")
+
+
+def run_tree(run_id: UUID) -> list[UUID]:
+    """The run and every subflow run below it, at any depth."""
+    found, todo = [], [run_id]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(sub.id for sub in subflows(current))
+    return found
+
+
+def persisted_steps(run_id: UUID) -> dict[str, set[str]]:
+    """Cache keys of the resumable steps (flows/resume.py) of a run and its subflows, by state
+    name: `Completed` (done by this run), `Cached` (read back from an earlier one)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=run_tree(run_id)))
+        )
+    steps: dict[str, set[str]] = {}
+    for run in runs:
+        if run.cache_key and run.state is not None:
+            steps.setdefault(run.state.name, set()).add(run.cache_key)
+    return steps
