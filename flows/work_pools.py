@@ -186,6 +186,8 @@ def _use_database_access(pod_spec: dict[str, Any], container: dict[str, Any]) ->
         {"secretRef": {"name": k8s_labels.FLOWS_DB_SECRET, "optional": True}},
         # The Dask worker defaults of infra/dask_operator.py; a deployment's `env` overrides them.
         {"configMapRef": {"name": k8s_labels.FLOWS_DASK_CONFIG_MAP, "optional": True}},
+        # MLRE_RESULTS_URI: the flow-results bucket resumable steps persist to (flows/resume.py).
+        {"configMapRef": {"name": k8s_labels.FLOWS_RESULTS_CONFIG_MAP, "optional": True}},
     ]
     volume = {"name": "rds-ca", "mountPath": k8s_labels.RDS_CA_DIR, "readOnly": True}
     container["volumeMounts"] = [*container.get("volumeMounts", []), volume]

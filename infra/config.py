@@ -65,6 +65,7 @@ class DataConfig:
 
     noncurrent_version_days: int
     prediction_log_days: int
+    flow_results_days: int
     db_instance_class: str
     db_engine_version: str
     db_allocated_storage_gb: int
@@ -272,6 +273,7 @@ def _data(cfg: pulumi.Config) -> DataConfig:
     return DataConfig(
         noncurrent_version_days=cfg.require_int("noncurrentVersionDays"),
         prediction_log_days=cfg.require_int("predictionLogDays"),
+        flow_results_days=cfg.require_int("flowResultsDays"),
         db_instance_class=cfg.require("dbInstanceClass"),
         db_engine_version=cfg.require("dbEngineVersion"),
         db_allocated_storage_gb=cfg.require_int("dbAllocatedStorageGb"),

@@ -28,6 +28,7 @@ CREDENTIAL_ANNOTATION = "mlre.io/prefect-credential"
 # The Secret holding the Prefect credential, in the flows namespace: the API key (Prefect Cloud
 # or the user's server) or the in-cluster server's basic-auth string, under its env var's name.
 API_SECRET = "prefect-api"
+RESULTS_PREFIX = "prefect-results"
 API_KEY_ENTRY = "PREFECT_API_KEY"
 AUTH_STRING_ENTRY = "PREFECT_API_AUTH_STRING"
 # prefect-kubernetes settings: the worker replaces the plain credential it would write into every
@@ -111,6 +112,7 @@ class PrefectWorkers(pulumi.ComponentResource):
         image: str,
         api: PrefectClient,
         data_bucket_arns: list[pulumi.Input[str]],
+        results_bucket: pulumi.Input[str],
         kms_key_arn: pulumi.Input[str],
         access: ClusterAccess,
         opts: pulumi.ResourceOptions | None = None,
@@ -145,6 +147,14 @@ class PrefectWorkers(pulumi.ComponentResource):
             subjects=[{"kind": "ServiceAccount", "name": WORKER_SA, "namespace": ns}],
             opts=k8s_opts,
         )
+        # Where flow runs persist resumable results (flows/resume.py); a pod's disk dies with it.
+        self.results_uri = pulumi.Output.concat("s3://", results_bucket, "/", RESULTS_PREFIX)
+        k8s.core.v1.ConfigMap(
+            f"{name}-results",
+            metadata={"name": k8s_labels.FLOWS_RESULTS_CONFIG_MAP, "namespace": ns},
+            data={"MLRE_RESULTS_URI": self.results_uri},
+            opts=k8s_opts,
+        )
         secret = k8s.core.v1.Secret(
             f"{name}-api-secret",
             metadata={"name": API_SECRET, "namespace": ns},
@@ -163,7 +173,11 @@ class PrefectWorkers(pulumi.ComponentResource):
             )
         self.work_pools = list(WORK_POOLS)
         self.register_outputs(
-            {"work_pools": self.work_pools, "flows_role_arn": self.flows_role.arn}
+            {
+                "work_pools": self.work_pools,
+                "flows_role_arn": self.flows_role.arn,
+                "results_uri": self.results_uri,
+            }
         )
 
     def _worker(

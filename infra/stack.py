@@ -175,8 +175,10 @@ def build(cfg: StackConfig) -> dict[str, pulumi.Input[object]]:
         image=svc.prefect_image,
         api=prefect,
         data_bucket_arns=[
-            buckets[purpose].arn for purpose in ("feature-lake", "feast-registry", "prediction-log")
+            buckets[purpose].arn
+            for purpose in ("feature-lake", "feast-registry", "prediction-log", "flow-results")
         ],
+        results_bucket=buckets["flow-results"].name,
         opts=pulumi.ResourceOptions(depends_on=[flows_ns, system]),
         **irsa,
     )
@@ -243,6 +245,8 @@ def build(cfg: StackConfig) -> dict[str, pulumi.Input[object]]:
         "feature_lake_bucket": buckets["feature-lake"].name,
         "feast_registry_bucket": buckets["feast-registry"].name,
         "prediction_log_bucket": buckets["prediction-log"].name,
+        # MLRE_RESULTS_URI of flow runs (the ConfigMap `flows-results` gives it to every pod).
+        "results_uri": workers.results_uri,
         # MLRE_PREDICTION_LOG_URI for flow runs (batch inference writes, drift/monitoring read).
         "prediction_log_uri": serving.prediction_log_uri,
         "redis_endpoint": cache.endpoint,

@@ -10,7 +10,14 @@ import pulumi_aws as aws
 from infra.config import DataConfig
 
 # Purpose of each bucket -> logical name suffix. Outputs and IRSA policies key on these.
-BUCKET_PURPOSES = ("mlflow-artifacts", "feature-lake", "feast-registry", "prediction-log")
+# flow-results: the flows' persisted task results (flows/resume.py), read back by a retried run.
+BUCKET_PURPOSES = (
+    "mlflow-artifacts",
+    "feature-lake",
+    "feast-registry",
+    "prediction-log",
+    "flow-results",
+)
 
 
 def tls_only_policy(bucket_arn: str) -> str:
@@ -114,8 +121,16 @@ def _lifecycle_rule(noncurrent_days: int, expiration_days: int | None) -> dict:
     return rule
 
 
+def _expiration_days(purpose: str, cfg: DataConfig) -> int | None:
+    """Days a bucket's objects live: the prediction log's and the flow results' own; else kept."""
+    return {
+        "prediction-log": cfg.prediction_log_days,
+        "flow-results": cfg.flow_results_days,
+    }.get(purpose)
+
+
 class Storage(pulumi.ComponentResource):
-    """The platform's four buckets, encrypted with one rotating KMS key."""
+    """The platform's five buckets, encrypted with one rotating KMS key."""
 
     def __init__(
         self, name: str, cfg: DataConfig, opts: pulumi.ResourceOptions | None = None
@@ -133,7 +148,7 @@ class Storage(pulumi.ComponentResource):
                 f"{name}-{purpose}",
                 kms_key_arn=self.kms_key.arn,
                 noncurrent_version_days=cfg.noncurrent_version_days,
-                expiration_days=cfg.prediction_log_days if purpose == "prediction-log" else None,
+                expiration_days=_expiration_days(purpose, cfg),
                 opts=pulumi.ResourceOptions(parent=self),
             )
             for purpose in BUCKET_PURPOSES

@@ -43,6 +43,9 @@ FLOWS_DB_SECRET = "flows-db"
 # ConfigMap in the flows namespace with the Dask worker defaults (MLRE_TASK_RUNNER, MLRE_DASK_*)
 # that infra/dask_operator.py writes; every flow-run pod reads it (envFrom, optional).
 FLOWS_DASK_CONFIG_MAP = "flows-dask"
+# ConfigMap in the flows namespace with MLRE_RESULTS_URI (the flow-results bucket) that
+# infra/prefect_worker.py writes; every flow-run pod reads it (envFrom, optional).
+FLOWS_RESULTS_CONFIG_MAP = "flows-results"
 RDS_CA_CONFIG_MAP = "rds-ca"
 RDS_CA_DIR = "/etc/rds-ca"
 

@@ -154,7 +154,7 @@ def test_gpu_daemonsets_tolerate_taint_and_select_gpu_nodes(stack_run: Run) -> N
 
 def test_every_bucket_is_encrypted_private_versioned_and_tls_only(stack_run: Run) -> None:
     buckets = stack_run.of_type("aws:s3/bucket:Bucket")
-    assert len(buckets) == 4
+    assert len(buckets) == 5
     for bucket in buckets:
         name = bucket.name
         sse = stack_run.named(f"{name}-sse").inputs["rules"][0]

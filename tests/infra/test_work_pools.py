@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -391,6 +392,39 @@ def test_flow_pods_reach_the_registry_as_the_feast_role_over_verified_tls(
                                     "namespace": k8s_labels.FLOWS_NAMESPACE}
     ]  # fmt: skip
     assert config_map["data"]
+
+
+@pytest.mark.parametrize("job", ["cpu_job", "gpu_job"])
+def test_flow_pods_persist_resumable_results_to_the_stacks_results_bucket(
+    job: str, request: pytest.FixtureRequest, stack_runs: dict[str, Run]
+) -> None:
+    manifest = request.getfixturevalue(job)
+    (container,) = manifest["spec"]["template"]["spec"]["containers"]
+    source = {"configMapRef": {"name": k8s_labels.FLOWS_RESULTS_CONFIG_MAP, "optional": True}}
+    assert source in container["envFrom"]
+    for run in stack_runs.values():
+        (config_map,) = [
+            r.inputs for r in run.of_type("kubernetes:core/v1:ConfigMap")
+            if r.inputs["metadata"]["name"] == k8s_labels.FLOWS_RESULTS_CONFIG_MAP
+        ]  # fmt: skip
+        assert config_map["metadata"]["namespace"] == k8s_labels.FLOWS_NAMESPACE
+        uri = config_map["data"]["MLRE_RESULTS_URI"]
+        assert set(config_map["data"]) == {"MLRE_RESULTS_URI"}
+        (bucket,) = [
+            b for b in run.of_type("aws:s3/bucket:Bucket") if b.name.endswith("-flow-results")
+        ]
+        assert uri.startswith(f"s3://{bucket.name}")
+        assert uri.endswith("/prefect-results")
+        # Results expire (a crash can be resumed within mlre:flowResultsDays, 14 by default).
+        rule = run.named(f"{bucket.name}-lifecycle").inputs["rules"][0]
+        assert rule["expiration"] == {"days": 14}
+        # The flows' IRSA role may write there (and the Dask workers run under the same one).
+        (policy,) = [
+            json.loads(r.inputs["policy"]) for r in run.of_type("aws:iam/rolePolicy:RolePolicy")
+            if r.name.endswith("-prefect-flows-irsa-policy")
+        ]  # fmt: skip
+        writes = [st for st in policy["Statement"] if "s3:PutObject" in st["Action"]]
+        assert any(f":{bucket.name}" in arn for st in writes for arn in st["Resource"])
 
 
 @pytest.mark.parametrize("job", ["cpu_job", "gpu_job"])
