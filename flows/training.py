@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import pandas as pd
-from prefect import flow, task
+from prefect import flow, task, unmapped
 from prefect.artifacts import create_link_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field, model_validator
@@ -14,6 +15,7 @@ from pydantic import Field, model_validator
 from flows import slis
 from flows._common import LabelParams, ModelParams, StoreParams, lake_source, server_task, store_for
 from flows.resume import resumable
+from flows.runners import partition_runner
 from mlre import training
 from mlre.data.lake import read_events
 from mlre.features.services import service_columns
@@ -129,13 +131,47 @@ def build_training_set(
     return training.build_training_set(store, labels, config)
 
 
+@task(cache_policy=NO_CACHE, name="search-trial")
+def search_trial(
+    config: training.TrainingConfig, split: training.Split, params: dict[str, Any]
+) -> training.Trial:
+    """One hyper-parameter candidate fitted on train and scored on validation."""
+    return training.score_candidate(split, config, params)
+
+
+def search_trials(
+    config: training.TrainingConfig, training_set: training.TrainingSet
+) -> list[training.Trial] | None:
+    """The search's candidates as one `search-trial` task each on a multi-process task runner
+    (MLRE_TASK_RUNNER=dask-*: worker processes or pods, GPU ones with MLRE_DASK_WORKER_POOL=gpu).
+    None without a search or in-process, where the fit runs the search itself, as before."""
+    if not config.search:
+        return None
+    with partition_runner() as (runner, plan):
+        if not plan.multi_process:
+            return None
+        split = training.split_by_time(training_set.frame, config)
+        futures = runner.map(
+            resumable(search_trial, "config", "params"),
+            {
+                "config": unmapped(config),
+                "split": unmapped(split),
+                "params": training.search_candidates(config),
+            },
+        )
+        return futures.result()
+
+
 @task(cache_policy=NO_CACHE, name="fit-model")
 def fit_model(
-    config: training.TrainingConfig, training_set: training.TrainingSet
+    config: training.TrainingConfig,
+    training_set: training.TrainingSet,
+    trials: list[training.Trial] | None = None,
 ) -> tuple[training.Split, training.TrainedModel]:
-    """Split by time and fit the pipeline (no retries: a failure here is about the data)."""
+    """Split by time and fit the pipeline, with the best of `trials` when the search ran
+    apart (no retries: a failure here is about the data)."""
     split = training.split_by_time(training_set.frame, config)
-    return split, training.train(split, config)
+    return split, training.train(split, config, trials)
 
 
 @server_task("log-and-register", retries=3, retry_delay_seconds=[2, 5, 15])
@@ -171,7 +207,8 @@ def train_model(params: TrainParams | None = None) -> TrainOutcome:
     # Resumable (flows/resume.py): a retry of a run that got this far reads the training set,
     # the fitted model and the registered version back, and never registers a second version.
     training_set = resumable(build_training_set, "params", "config")(params, config, labels)
-    split, trained = resumable(fit_model, "config")(config, training_set)
+    trials = search_trials(config, training_set)
+    split, trained = resumable(fit_model, "config")(config, training_set, trials)
     logged = resumable(log_and_register, "params", "config")(
         params, config, trained, training_set, split
     )

@@ -640,13 +640,44 @@ def _xgboost_search(pipeline: Pipeline, split: Split, config: TrainingConfig) ->
     return trials
 
 
+def search_candidates(config: TrainingConfig) -> list[dict[str, Any]]:
+    """The candidates the search tries, in its order: sklearn's seeded ParameterSampler, the
+    same list RandomizedSearchCV draws, so trials run elsewhere are the same trials."""
+    space = SEARCH_SPACES[config.model_family]
+    return list(ParameterSampler(space, config.search_iterations, random_state=config.seed))
+
+
+def score_candidate(split: Split, config: TrainingConfig, params: dict[str, Any]) -> Trial:
+    """One search trial on its own (a task on any worker): the pipeline with `params`, fitted
+    on the train window, its PR AUC on the validation window (never on test)."""
+    device = resolve_device(config.model_family, config.device)
+    pipeline = build_pipeline(
+        config.model_family,
+        split.numeric,
+        split.categorical,
+        config.seed,
+        device=device,
+        threads=config.threads,
+    ).set_params(**params)
+    label = config.label_column
+    with threadpool_limits(limits=config.threads):
+        pipeline.fit(split.train[split.features], split.train[label].astype(int))
+        scores = score(pipeline, split.validation[split.features])
+    value = average_precision_score(split.validation[label].astype(int), scores)
+    return Trial(dict(params), float(value))
+
+
 def best_trial(trials: list[Trial]) -> Trial:
     """The highest validation PR AUC; the first such candidate on ties (deterministic)."""
     return max(trials, key=lambda t: t.validation_pr_auc)
 
 
-def train(split: Split, config: TrainingConfig | None = None) -> TrainedModel:
-    """Fit on train, pick the F1-optimal threshold on validation, score validation."""
+def train(
+    split: Split, config: TrainingConfig | None = None, trials: list[Trial] | None = None
+) -> TrainedModel:
+    """Fit on train, pick the F1-optimal threshold on validation, score validation. With
+    `config.search`, the best of `trials` (scored elsewhere, e.g. one task each on a Dask
+    cluster) or of the search run here."""
     config = config or TrainingConfig()
     started = time.perf_counter()
     device = resolve_device(config.model_family, config.device)
@@ -659,11 +690,12 @@ def train(split: Split, config: TrainingConfig | None = None) -> TrainedModel:
         threads=config.threads,
     )
     params: dict[str, Any] = {}
-    trials: list[Trial] = []
+    trials = list(trials or [])
     if config.search:
-        search = _xgboost_search if config.model_family == "xgboost" else _search
-        with threadpool_limits(limits=config.threads):
-            trials = search(pipeline, split, config)
+        if not trials:
+            search = _xgboost_search if config.model_family == "xgboost" else _search
+            with threadpool_limits(limits=config.threads):
+                trials = search(pipeline, split, config)
         best = best_trial(trials)
         pipeline.set_params(**best.params)
         params = {**best.params, "search_best_validation_pr_auc": best.validation_pr_auc}

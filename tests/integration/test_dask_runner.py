@@ -133,3 +133,42 @@ def test_batch_inference_over_partitions_equals_serial_row_for_row(
     )
     assert serial["scored"] == parallel["scored"] > 0
     pd.testing.assert_frame_equal(_scored_log(parallel), _scored_log(serial))
+
+
+def test_search_trials_on_dask_are_the_in_process_searchs_trials(
+    monkeypatch: pytest.MonkeyPatch, prefect_harness: None, tmp_path: Path
+) -> None:
+    """train-model's hyper-parameter search as one task per candidate on 2 worker processes:
+    the same candidates, the same validation PR AUC as the search the fit runs in-process."""
+    from prefect import flow
+
+    from flows.training import search_trials
+    from mlre import training
+    from tests.unit.test_training import _frame
+
+    config = training.TrainingConfig(
+        model_family="hist_gradient_boosting", search=True, search_iterations=4, seed=3
+    )
+    frame = _frame(days=15, per_day=60)
+    training_set = training.TrainingSet(
+        frame=frame, feature_names=["x", "noise", "preferred_channel"], rows_in=len(frame),
+        rows_dropped=0,
+    )  # fmt: skip
+    for name, value in {
+        "MLRE_TASK_RUNNER": "dask-local",
+        "MLRE_DASK_WORKERS": str(WORKERS),
+        "MLRE_RESULTS_URI": str(tmp_path / "results"),
+    }.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+
+    @flow(name="search-on-dask")
+    def search() -> list[training.Trial] | None:
+        return search_trials(config, training_set)
+
+    on_dask = search()
+    in_process = training.train(training.split_by_time(frame, config), config).trials
+    assert on_dask is not None
+    assert [t.params for t in on_dask] == [t.params for t in in_process]
+    for one, other in zip(on_dask, in_process, strict=True):
+        assert one.validation_pr_auc == pytest.approx(other.validation_pr_auc, abs=1e-12)

@@ -156,6 +156,25 @@ def test_xgboost_search_trains_each_trial_on_prepared_data_and_keeps_the_best() 
     assert trained.device == "cpu"
 
 
+@pytest.mark.parametrize("family", ["logistic_regression", "hist_gradient_boosting"])
+def test_trials_scored_one_by_one_are_the_searchs_own_trials(family: str) -> None:
+    """What a Dask worker computes per trial (score_candidate) equals RandomizedSearchCV's
+    trial: same candidates in the same order, same validation PR AUC; the model is the same."""
+    config = TrainingConfig(model_family=family, search=True, search_iterations=4, seed=3)
+    split = split_by_time(_frame(days=15, per_day=60), config)
+    searched = train(split, config)
+    apart = [training.score_candidate(split, config, c) for c in training.search_candidates(config)]
+    assert [t.params for t in apart] == [t.params for t in searched.trials]
+    for one, other in zip(apart, searched.trials, strict=True):
+        assert one.validation_pr_auc == pytest.approx(other.validation_pr_auc, abs=1e-12)
+    given = train(split, config, trials=apart)
+    assert given.trials == apart
+    assert given.params == searched.params | {
+        "search_best_validation_pr_auc": best_trial(apart).validation_pr_auc
+    }
+    assert given.threshold == searched.threshold
+
+
 def test_device_auto_trains_xgboost_on_the_cpu_without_a_gpu_and_records_it() -> None:
     if cuda_available():
         pytest.skip("this machine has a usable CUDA GPU; auto would pick it")
