@@ -405,9 +405,10 @@ def run_flow(spec: ChildSpec) -> dict[str, Any]:
     """One call of the materialize-features flow, timed."""
     from flows.materialize import materialize_features
 
-    began = time.perf_counter()
+    cpu_before, began = psutil.cpu_times(), time.perf_counter()
     state = materialize_features(flow_params(spec), return_state=True)
     seconds = time.perf_counter() - began
+    cores_busy = machine_cores_busy(cpu_before, psutil.cpu_times(), seconds)
     if not state.is_completed():
         raise RuntimeError(f"materialize-features ended {state.type}: {state.message}")
     partitions = state.result()
@@ -417,7 +418,16 @@ def run_flow(spec: ChildSpec) -> dict[str, Any]:
         "keys_written": sum(r.keys for r in partitions),
         "rows_read": sum(r.rows for r in partitions),
         "partition_s": sorted(r.seconds for r in partitions),
+        "machine_cores_busy": cores_busy,
     }
+
+
+def machine_cores_busy(before: Any, after: Any, seconds: float) -> float:
+    """Cores the whole machine kept busy on average over `seconds` (every process: the flow, its
+    workers, redis-server), from two readings of the system-wide CPU times."""
+    idle = (after.idle - before.idle) + (after.iowait - before.iowait)
+    total = sum(after) - sum(before)
+    return round((total - idle) / seconds, 2)
 
 
 def child(spec: ChildSpec) -> None:

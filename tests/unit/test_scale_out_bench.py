@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import psutil
 import pytest
 
 from bench import scale_out as bench
@@ -174,3 +175,12 @@ def test_a_candidate_that_did_not_run_is_not_measured() -> None:
 def test_only_the_issues_size_writes_the_committed_results() -> None:
     assert bench.results_path(bench.KEYS, bench.DAYS) == bench.RESULTS
     assert bench.results_path(20_000, 10).name == "results-20000x10.json"
+
+
+def test_cores_busy_counts_every_state_but_idle_and_iowait() -> None:
+    kind = type(psutil.cpu_times())
+    before = kind(*[0.0] * len(kind._fields))
+    spent = dict.fromkeys(kind._fields, 0.0) | {"user": 7.0, "system": 1.0, "idle": 1.5}
+    spent["iowait"] = 0.5
+    after = kind(**spent)
+    assert bench.machine_cores_busy(before, after, seconds=5.0) == 1.6
