@@ -3,7 +3,9 @@ names its model and feature store with, and the clients and stores opened inside
 
 Every task in flows/ sets `cache_policy=NO_CACHE`: they read and write external state (stores,
 registry, lake), so a cached result would be wrong, and Prefect's default policy hashes every
-input to build the key, DataFrames included, on every call.
+input to build the key, DataFrames included, on every call. The one exception is deliberate and
+narrow: flows/resume.py gives a few steps a key scoped to their run, so that a retry of that run
+reads back what it finished.
 
 Tasks read the settings object (`get_settings()`) and hand its values to the core explicitly;
 none of them exports anything into `os.environ`. The process environment is set by whoever

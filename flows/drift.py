@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -10,12 +11,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-from prefect import flow, task
+from prefect import flow, task, unmapped
 from prefect.artifacts import (
     create_link_artifact,
     create_markdown_artifact,
     create_table_artifact,
 )
+from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
 from flows import automations, slis
@@ -28,6 +30,7 @@ from flows._common import (
     server_task,
     store_for,
 )
+from flows.runners import partition_runner
 from mlre import drift, inference, prediction_log, registry, training
 from mlre.data.lake import read_events
 from mlre.features.store import get_feature_service
@@ -188,7 +191,7 @@ def check_columns(reference: Reference, current: pd.DataFrame, source: str) -> N
         )
 
 
-@task(name="run-drift-checks")
+@task(cache_policy=NO_CACHE, name="run-drift-checks")
 def run_checks(
     reference: Reference, current: pd.DataFrame, params: CheckDriftParams
 ) -> tuple[drift.DriftResult, drift.ColumnDrift | None]:
@@ -282,6 +285,54 @@ def check_drift(params: CheckDriftParams | None = None) -> DriftOutcome:
     reference = load_reference(model_name, params.version)
     current = load_current(params, reference)
     result, scores = run_checks(reference, current, params)
+    return _publish(params, reference, current, result, scores)
+
+
+class CheckDriftModelsParams(CheckDriftParams):
+    """check-drift for several models in one run; `model_name` and `version` are not used."""
+
+    model_names: list[str] = Field(
+        ..., min_length=1, description="Registered models whose champions are checked."
+    )
+
+
+@flow(name="check-drift-models", log_prints=True, **slis.flow_run_hooks())
+def check_drift_models(params: CheckDriftModelsParams) -> list[DriftOutcome]:
+    """check-drift for every model of `model_names`, their Evidently checks one task each on
+    the settings' task runner (MLRE_TASK_RUNNER: Dask workers for a fleet of models). Each
+    model gets its own verdict, SLI, report and event, as in check-drift."""
+    references = [load_reference(name, None) for name in params.model_names]
+    currents = [load_current(params, reference) for reference in references]
+    with partition_runner() as (runner, _):
+        futures = runner.map(
+            run_checks,
+            {"reference": references, "current": currents, "params": unmapped(params)},
+        )
+        checked = futures.result()
+    return [
+        _publish(params, reference, current, result, scores, per_model=True)
+        for reference, current, (result, scores) in zip(references, currents, checked, strict=True)
+    ]
+
+
+def _artifact_key(base: str, model_name: str, per_model: bool) -> str:
+    """`base`, or `base-<model>` (lower case, dashes) when one run reports several models."""
+    if not per_model:
+        return base
+    return f"{base}-{re.sub(r'[^a-z0-9]+', '-', model_name.lower()).strip('-')}"
+
+
+def _publish(
+    params: CheckDriftParams,
+    reference: Reference,
+    current: pd.DataFrame,
+    result: drift.DriftResult,
+    scores: drift.ColumnDrift | None,
+    *,
+    per_model: bool = False,
+) -> DriftOutcome:
+    """One model's verdict: SLI, Evidently report in MLflow, artifacts, the drift event."""
+    model_name = reference.model_name
     drifted, reasons = verdict(result, scores)
     slis.drift(
         model_name, reference.version, result.decision.drifted_share, params.config.drift_share
@@ -299,19 +350,21 @@ def check_drift(params: CheckDriftParams | None = None) -> DriftOutcome:
     )
     window = _window(params)
     create_table_artifact(
-        key="drift-columns",
+        key=_artifact_key("drift-columns", model_name, per_model),
         table=column_rows([*result.columns, *([scores] if scores else [])]),
         description=f"{model_name} v{reference.version}: every column's drift test.",
     )
     create_markdown_artifact(
-        key="drift-verdict",
+        key=_artifact_key("drift-verdict", model_name, per_model),
         markdown=verdict_markdown(
             outcome, window, params.source, (len(reference.frame), len(current))
         ),
     )
     if url:
         create_link_artifact(
-            key="drift-report", link=url, link_text=f"Evidently report {stamp} in MLflow"
+            key=_artifact_key("drift-report", model_name, per_model),
+            link=url,
+            link_text=f"Evidently report {stamp} in MLflow",
         )
     if drifted and params.emit_events:
         automations.emit_model_event(

@@ -20,7 +20,13 @@ import pytest
 from mlflow import MlflowClient
 
 from flows import automations
-from flows.drift import CheckDriftParams, check_drift, run_checks
+from flows.drift import (
+    CheckDriftModelsParams,
+    CheckDriftParams,
+    check_drift,
+    check_drift_models,
+    run_checks,
+)
 from flows.inference import BatchInferenceParams, batch_inference
 from flows.monitoring import MonitorParams, monitor_performance
 from flows.training import TrainParams, train_model
@@ -167,6 +173,45 @@ def test_clean_window_is_quiet_and_drifted_window_is_flagged_with_artifacts(cham
     html = outcome.report_url.rsplit("/", 1)[1]
     stored = [a.path for a in champion.client.list_artifacts(run_id, "drift")]
     assert f"drift/{html}" in stored
+
+
+def test_several_models_checked_on_dask_each_get_check_drifts_verdict(
+    champion, monitored, monkeypatch
+) -> None:
+    """check-drift-models with the Evidently checks on a 2-process Dask LocalCluster: each
+    model's verdict, columns and reasons equal check-drift's for it, and its own artifacts."""
+    _, env = monitored
+    steady = f"{champion.model_name}-steady"  # the same run, its clean log moved to the window
+    run_id = champion.client.get_model_version(champion.model_name, champion.version).run_id
+    champion.client.create_registered_model(steady)
+    version = champion.client.create_model_version(steady, f"runs:/{run_id}/model", run_id)
+    champion.client.set_registered_model_alias(steady, registry.CHAMPION, version.version)
+    log = prediction_log.read_predictions(env.settings.lake_dir, champion.model_name)
+    clean = log[log["event_timestamp"] < pd.Timestamp(champion.clean[1])].copy()
+    clean["event_timestamp"] += pd.Timedelta(days=SHIFT_DAYS)
+    clean["model_version"] = version.version
+    prediction_log.write_predictions(clean, env.settings.lake_dir, steady, run_id="steady")
+    window = {"start": champion.drifted[0], "end": champion.drifted[1], "emit_events": False}
+    monkeypatch.setenv("MLRE_TASK_RUNNER", "dask-local")
+    monkeypatch.setenv("MLRE_DASK_WORKERS", "2")
+    get_settings.cache_clear()
+
+    names = [champion.model_name, steady]
+    state = check_drift_models(
+        CheckDriftModelsParams(model_names=names, **window), return_state=True
+    )
+    outcomes = state.result()
+
+    assert [o.drifted for o in outcomes] == [True, False]
+    monkeypatch.setenv("MLRE_TASK_RUNNER", "in-process")
+    get_settings.cache_clear()
+    for outcome in outcomes:
+        alone = check_drift(CheckDriftParams(model_name=outcome.model_name, **window))
+        assert outcome.drifted_columns == alone.drifted_columns
+        assert outcome.reasons == alone.reasons
+    keys = set(_artifacts(state.state_details.flow_run_id))
+    for name in names:
+        assert {f"drift-verdict-{name}", f"drift-columns-{name}", f"drift-report-{name}"} <= keys
 
 
 def test_empty_window_fails_clearly(champion) -> None:
