@@ -89,6 +89,10 @@ NOTES = [
     "in-process is Prefect's thread pool: the partitions run as threads of the flow process, "
     "so its peak RSS holds every partition at once; Feast's Arrow-to-proto conversion and "
     "Redis write hold the GIL, which is what the worker processes get around.",
+    "machine_cores_busy: the cores the whole machine kept busy during the flow call (flow, "
+    "workers and redis-server; system-wide CPU times before and after). ratio_ceiling = cores / "
+    "the baseline's cores busy: the most a runner can gain here when it keeps every core busy, "
+    "whatever it does.",
     "Peak RSS of a Dask worker: its VmHWM polled every 0.2 s from the child until it exits "
     "(processes spawned by the Nannies, found as descendants of the flow process).",
     "Identical values: every Redis hash of the candidate's database against the baseline's, "
@@ -199,6 +203,13 @@ def median_overhead(runs: Mapping[str, list[float]], baseline: str = BASELINE) -
 def ratio(ours: float | None, theirs: float | None) -> float | None:
     """ours / theirs rounded, None when either is missing."""
     return round(ours / theirs, 3) if ours and theirs else None
+
+
+def ratio_ceiling(baseline: Mapping[str, Any], cores: int) -> float | None:
+    """The most any runner could gain over the baseline on this machine: every core busy
+    instead of the cores the baseline's run kept busy (None without that reading)."""
+    busy = baseline.get("machine_cores_busy")
+    return round(cores / busy, 2) if busy else None
 
 
 def evaluate(
@@ -691,6 +702,7 @@ def main(
     overhead = median_overhead({m: r["runs_s"] for m, r in overhead_runs.items()})
     base = results.get(BASELINE, {}).get("rows_per_s")
     report["ratio"] = {m: ratio(results.get(m, {}).get("rows_per_s"), base) for m in DASK_MODES}
+    report["ratio_ceiling"] = ratio_ceiling(results.get(BASELINE, {}), report["machine"]["cores"])
     report["overhead"] = {"runs": overhead_runs, "overhead_s": overhead}
     report["targets"] = evaluate(results, identical, overhead, keys)
     report["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]

@@ -184,3 +184,8 @@ def test_cores_busy_counts_every_state_but_idle_and_iowait() -> None:
     spent["iowait"] = 0.5
     after = kind(**spent)
     assert bench.machine_cores_busy(before, after, seconds=5.0) == 1.6
+
+
+def test_the_ratio_ceiling_is_the_cores_over_the_baselines_busy_cores() -> None:
+    assert bench.ratio_ceiling({"machine_cores_busy": 1.25}, cores=2) == 1.6
+    assert bench.ratio_ceiling({}, cores=2) is None
